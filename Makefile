@@ -1,0 +1,50 @@
+# fastbridge developer commands. Every target sets up what it needs, so each one works on a
+# fresh clone of a machine that has Python 3.11+ and a Rust toolchain.
+#   make bench   set up, build and install the wheel, run the copy-versus-zero-copy benchmark
+#   make test    set up, build and install the wheel, run every check and test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BENCH_ARGS ?=
+export PYO3_PYTHON := $(abspath $(PY))
+
+.PHONY: help setup wheel bench test test-rust lint test-python clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ -/'
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv with the pinned dependencies
+
+wheel: setup  ## build the abi3 wheel with maturin and install it into .venv
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --out dist --interpreter $(PY)
+	$(PY) -m pip install --quiet --force-reinstall --no-deps dist/fastbridge-*.whl
+
+bench: wheel  ## the main job: copy versus zero-copy on a built-in synthetic dataset
+	cd /tmp && $(abspath $(PY)) -m fastbridge.bench $(BENCH_ARGS) --out $(CURDIR)/bench-results
+
+test-rust: setup  ## cargo test, clippy and fmt
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test --quiet
+
+lint: setup  ## ruff, and the type stubs checked against the built extension
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	cd /tmp && $(abspath $(PY)) -m mypy.stubtest fastbridge._core --ignore-missing-stub
+
+test-python: wheel  ## pytest against the installed wheel (not the source tree)
+	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY)) -m pytest -q -p no:cacheprovider \
+		--rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml $(CURDIR)/tests
+
+test: test-rust wheel lint test-python  ## everything CI runs
+
+clean:  ## remove build outputs and the virtual environment
+	rm -rf target dist $(VENV) bench-results

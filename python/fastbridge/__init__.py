@@ -1,0 +1,45 @@
+"""fastbridge: hand batches from tf.data (or any NumPy loader) to JAX without copies.
+
+>>> import numpy as np
+>>> from fastbridge import stream
+>>> with stream([np.arange(4, dtype=np.float32)], backend="numpy") as batches:
+...     [b.tolist() for b in batches]
+[[0.0, 1.0, 2.0, 3.0]]
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._stream import BACKENDS, Backend, Stream, StreamStats, core_available, stream
+from .errors import (
+    FastbridgeError,
+    LeafOverflowError,
+    PoolExhaustedError,
+    SourceError,
+    StreamClosedError,
+    StructureChangedError,
+    UnsupportedLeafError,
+)
+
+try:
+    __version__ = version("fastbridge")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "FastbridgeError",
+    "LeafOverflowError",
+    "PoolExhaustedError",
+    "SourceError",
+    "Stream",
+    "StreamClosedError",
+    "StreamStats",
+    "StructureChangedError",
+    "UnsupportedLeafError",
+    "__version__",
+    "core_available",
+    "stream",
+]

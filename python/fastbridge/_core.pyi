@@ -1,0 +1,78 @@
+"""Type stubs for the Rust extension ``fastbridge._core`` (checked by ``mypy.stubtest``)."""
+
+from typing import Any, final
+
+from typing_extensions import CapsuleType
+
+__all__ = [
+    "LEAF_ALIGN",
+    "PAGE_SIZE",
+    "Leaf",
+    "Ring",
+    "Slot",
+    "capsule_name",
+    "__version__",
+    "cuda_available",
+]
+
+PAGE_SIZE: int
+LEAF_ALIGN: int
+__version__: str
+
+@final
+class Ring:
+    """A ring of page-aligned slots between one producer thread and one consumer."""
+
+    def __new__(
+        cls,
+        *,
+        prefetch: int,
+        slots: int,
+        max_bytes: int | None = None,
+        lock: bool = True,
+        cuda: bool = False,
+        copy_threads: int = 2,
+    ) -> Ring: ...
+    def acquire(self, nbytes: int, timeout: float | None = None) -> Slot: ...
+    def publish(self, item: Any) -> bool: ...
+    def pop(self, timeout: float | None = None) -> Any | None: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def stats(self) -> dict[str, int | float]: ...
+
+@final
+class Slot:
+    """A slot being filled by the producer; writable until its first export."""
+
+    def fill(self, leaves: list[tuple[Any, int, int]]) -> None: ...
+    def export(self, offset: int, shape: list[int], code: int, bits: int) -> Leaf: ...
+    def release(self) -> None: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def locked(self) -> bool: ...
+
+@final
+class Leaf:
+    """One array inside a slot, importable through DLPack without a copy."""
+
+    def __dlpack__(
+        self,
+        *,
+        stream: Any | None = None,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> CapsuleType: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def shape(self) -> list[int]: ...
+
+def capsule_name(capsule: CapsuleType) -> str | None: ...
+def cuda_available() -> bool: ...

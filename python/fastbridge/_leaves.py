@@ -1,0 +1,195 @@
+"""Pytree flattening, leaf validation and the dtype policy shared by every backend."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from .errors import LeafOverflowError, StructureChangedError, UnsupportedLeafError
+
+# Conversion codes understood by the Rust core (``Slot.fill``) and mirrored by the NumPy ring.
+COPY, F64_TO_F32, I64_TO_I32, U64_TO_U32, C128_TO_C64 = range(5)
+
+# DLPack type codes (dlpack.h).
+_DL_INT, _DL_UINT, _DL_FLOAT, _DL_BFLOAT, _DL_COMPLEX, _DL_BOOL = 0, 1, 2, 4, 5, 6
+
+_NARROWING = {
+    np.dtype(np.float64): (np.dtype(np.float32), F64_TO_F32),
+    np.dtype(np.int64): (np.dtype(np.int32), I64_TO_I32),
+    np.dtype(np.uint64): (np.dtype(np.uint32), U64_TO_U32),
+    np.dtype(np.complex128): (np.dtype(np.complex64), C128_TO_C64),
+}
+
+# Types that look like pytrees (SparseTensorValue is a namedtuple) but must not be flattened.
+_OPAQUE_TYPE_NAMES = frozenset(
+    {"SparseTensorValue", "RaggedTensorValue", "SparseTensor", "RaggedTensor"}
+)
+
+
+def _is_opaque(x: Any) -> bool:
+    return type(x).__name__ in _OPAQUE_TYPE_NAMES
+
+
+def path_name(path: Sequence[Any]) -> str:
+    """``['image']``-style name of a leaf; ``<root>`` for a batch that is a single array."""
+    return jax.tree_util.keystr(tuple(path)) or "<root>"
+
+
+def dlpack_type(dtype: np.dtype) -> tuple[int, int] | None:
+    """(DLPack code, bits) of a NumPy dtype, or None when DLPack cannot carry it."""
+    if dtype == np.bool_:
+        return (_DL_BOOL, 8)
+    if dtype.name == "bfloat16":
+        return (_DL_BFLOAT, 16)
+    code = {"i": _DL_INT, "u": _DL_UINT, "f": _DL_FLOAT, "c": _DL_COMPLEX}.get(dtype.kind)
+    if code is None:
+        return None
+    return (code, dtype.itemsize * 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSpec:
+    """What happens to one leaf: copied (``array``) or handed through (``passthrough``)."""
+
+    path: str
+    passthrough: bool
+    source_dtype: np.dtype
+    target_dtype: np.dtype
+    conversion: int
+    dlpack: tuple[int, int]
+
+
+def _is_string_array(x: np.ndarray) -> bool:
+    if x.dtype.kind in "SU":
+        return True
+    if x.dtype.kind == "O":
+        return all(isinstance(v, (bytes, str)) for v in x.flat)
+    return False
+
+
+def _spec(path: str, leaf: np.ndarray, x64: bool) -> LeafSpec:
+    dtype = leaf.dtype
+    if _is_string_array(leaf):
+        return LeafSpec(path, True, dtype, dtype, COPY, (0, 0))
+    if dtype.kind == "O":
+        raise UnsupportedLeafError(
+            f"leaf {path} holds Python objects (dtype=object) that are not strings; "
+            "only numeric, bool and string leaves are supported",
+            path,
+        )
+    native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+    target, conversion = native, COPY
+    if not x64 and native in _NARROWING:
+        target, conversion = _NARROWING[native]
+    code = dlpack_type(target)
+    if code is None:
+        raise UnsupportedLeafError(
+            f"leaf {path} has dtype {dtype}, which cannot become a jax.Array", path
+        )
+    return LeafSpec(path, False, dtype, target, conversion, code)
+
+
+def as_array(leaf: Any, path: str) -> np.ndarray:
+    """A leaf as a C-contiguous, native-byte-order NumPy array (copies only when it must)."""
+    if isinstance(leaf, np.ndarray):
+        arr = leaf
+    elif _is_opaque(leaf):
+        raise UnsupportedLeafError(
+            f"leaf {path} is a {type(leaf).__name__}: ragged and sparse tensors have no dense "
+            "layout; convert them first (e.g. .to_tensor() or tf.sparse.to_dense)",
+            path,
+        )
+    elif isinstance(leaf, (np.generic, bytes, str, int, float, bool, complex)):
+        arr = np.asarray(leaf)
+    elif hasattr(leaf, "__array__"):
+        arr = np.asarray(leaf)
+    else:
+        raise UnsupportedLeafError(
+            f"leaf {path} is a {type(leaf).__name__}, not an array; sources must yield "
+            "pytrees of NumPy arrays",
+            path,
+        )
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "<" and not _little()):
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+def _little() -> bool:
+    return bool(np.little_endian)
+
+
+@dataclasses.dataclass
+class Flat:
+    """One batch, flattened."""
+
+    treedef: Any
+    leaves: list[np.ndarray]
+    specs: list[LeafSpec]
+
+
+class Flattener:
+    """Flattens batches and checks each one against the first batch's structure and dtypes."""
+
+    def __init__(self, *, x64: bool) -> None:
+        self.x64 = x64
+        self._treedef: Any = None
+        self._paths: list[str] = []
+        self._specs: list[LeafSpec] = []
+
+    def __call__(self, item: Any, index: int) -> Flat:
+        pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=_is_opaque)
+        paths = [path_name(p) for p, _ in pairs]
+        leaves = [as_array(leaf, name) for name, (_, leaf) in zip(paths, pairs, strict=True)]
+        if self._treedef is None:
+            self._treedef, self._paths = treedef, paths
+            self._specs = [_spec(n, a, self.x64) for n, a in zip(paths, leaves, strict=True)]
+        elif treedef != self._treedef:
+            raise StructureChangedError(self._describe_change(paths, treedef, index))
+        else:
+            for spec, arr in zip(self._specs, leaves, strict=True):
+                if arr.dtype != spec.source_dtype and not (
+                    spec.passthrough and _is_string_array(arr)
+                ):
+                    raise StructureChangedError(
+                        f"leaf {spec.path} changed dtype from {spec.source_dtype} to "
+                        f"{arr.dtype} at batch {index}"
+                    )
+        return Flat(self._treedef, leaves, self._specs)
+
+    def _describe_change(self, paths: list[str], treedef: Any, index: int) -> str:
+        missing = [p for p in self._paths if p not in paths]
+        added = [p for p in paths if p not in self._paths]
+        parts = []
+        if missing:
+            parts.append(f"missing leaves {', '.join(missing)}")
+        if added:
+            parts.append(f"new leaves {', '.join(added)}")
+        if not parts:
+            parts.append(f"structure {treedef} instead of {self._treedef}")
+        return f"batch {index} changed structure: " + "; ".join(parts)
+
+
+def overflow_error(spec: LeafSpec, value: str) -> LeafOverflowError:
+    return LeafOverflowError(
+        f"leaf {spec.path} has value {value}, which does not fit {spec.target_dtype} "
+        f"(converted from {spec.source_dtype} because JAX's x64 mode is off); enable "
+        "jax_enable_x64 or pass dtypes='keep' with it, or fix the data",
+        spec.path,
+    )
+
+
+def checked_narrow(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
+    """NumPy version of the core's narrowing conversion: never wraps integers."""
+    if spec.conversion in (I64_TO_I32, U64_TO_U32) and arr.size:
+        info = np.iinfo(spec.target_dtype)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise overflow_error(spec, str(bad))
+    return arr.astype(spec.target_dtype)

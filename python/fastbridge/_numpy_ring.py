@@ -1,0 +1,283 @@
+"""The slot ring in pure Python and NumPy: the fallback when the Rust core is not built, and
+the comparison path in the benchmark.
+
+It mirrors ``fastbridge._core.Ring`` method for method, so the stream drives both the same way.
+A slot returns to the free list when every view exported from it has been garbage-collected:
+each exported view goes to JAX through DLPack, NumPy's capsule keeps that view alive until
+JAX's deleter runs, and a ``weakref.finalize`` on the view then gives the slot back.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+
+from ._leaves import C128_TO_C64, COPY, F64_TO_F32, I64_TO_I32, U64_TO_U32
+from .errors import PoolExhaustedError, StreamClosedError
+
+PAGE_SIZE = 4096
+LEAF_ALIGN = 64
+_SIGNAL_POLL = 0.05
+
+_TARGET = {
+    F64_TO_F32: np.float32,
+    I64_TO_I32: np.int32,
+    U64_TO_U32: np.uint32,
+    C128_TO_C64: np.complex64,
+}
+_DLPACK_DTYPES = {
+    (0, 8): np.int8, (0, 16): np.int16, (0, 32): np.int32, (0, 64): np.int64,
+    (1, 8): np.uint8, (1, 16): np.uint16, (1, 32): np.uint32, (1, 64): np.uint64,
+    (2, 16): np.float16, (2, 32): np.float32, (2, 64): np.float64,
+    (5, 64): np.complex64, (5, 128): np.complex128, (6, 8): np.bool_,
+    # NumPy cannot export bfloat16 through DLPack: the view is uint16 and the caller bitcasts.
+    (4, 16): np.uint16,
+}  # fmt: skip
+
+
+def _aligned_buffer(nbytes: int) -> np.ndarray:
+    capacity = max(PAGE_SIZE, -(-nbytes // PAGE_SIZE) * PAGE_SIZE)
+    raw = np.zeros(capacity + PAGE_SIZE, dtype=np.uint8)
+    start = (-raw.ctypes.data) % PAGE_SIZE
+    return raw[start : start + capacity]
+
+
+class _Slot:
+    __slots__ = ("buffer", "refs")
+
+    def __init__(self, buffer: np.ndarray) -> None:
+        self.buffer = buffer
+        self.refs = 0
+
+
+class NumpySlot:
+    """A slot being filled; the same methods as ``fastbridge._core.Slot``."""
+
+    def __init__(self, ring: NumpyRing, slot: _Slot) -> None:
+        self._ring = ring
+        self._slot: _Slot | None = slot
+        self._exported = False
+        slot.refs = 1
+
+    def _get(self) -> _Slot:
+        if self._slot is None:
+            raise ValueError("the slot was released")
+        return self._slot
+
+    @property
+    def address(self) -> int:
+        return int(self._get().buffer.ctypes.data)
+
+    @property
+    def capacity(self) -> int:
+        return int(self._get().buffer.nbytes)
+
+    @property
+    def locked(self) -> bool:
+        return False
+
+    def fill(self, leaves: list[tuple[np.ndarray, int, int]]) -> None:
+        slot = self._get()
+        if self._exported:
+            raise RuntimeError("a slot cannot be written after it has been exported")
+        started = time.perf_counter()
+        copied = 0
+        for index, (array, offset, conversion) in enumerate(leaves):
+            target = array.dtype if conversion == COPY else np.dtype(_TARGET[conversion])
+            nbytes = array.size * target.itemsize
+            if offset + nbytes > slot.buffer.nbytes:
+                raise ValueError(
+                    f"leaf {index}: {nbytes} bytes at offset {offset} do not fit a "
+                    f"{slot.buffer.nbytes}-byte slot"
+                )
+            dest = slot.buffer[offset : offset + nbytes].view(target).reshape(array.shape)
+            if conversion in (I64_TO_I32, U64_TO_U32) and array.size:
+                info = np.iinfo(target)
+                lo, hi = array.min(), array.max()
+                if lo < info.min or hi > info.max:
+                    raise OverflowError(index, str(lo if lo < info.min else hi))
+            np.copyto(dest, array, casting="unsafe")
+            copied += nbytes
+        self._ring._count_fill(copied, time.perf_counter() - started)
+
+    def export(self, offset: int, shape: list[int], code: int, bits: int) -> np.ndarray:
+        slot = self._get()
+        dtype = np.dtype(_DLPACK_DTYPES[(code, bits)])
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        view = slot.buffer[offset : offset + nbytes].view(dtype).reshape(shape)
+        self._exported = True
+        slot.refs += 1
+        weakref.finalize(view, self._ring._unref, slot)
+        return view
+
+    def release(self) -> None:
+        if self._slot is not None:
+            slot, self._slot = self._slot, None
+            self._ring._unref(slot)
+
+
+class NumpyRing:
+    """Pure-NumPy twin of ``fastbridge._core.Ring`` (same constructor and methods)."""
+
+    def __init__(
+        self,
+        *,
+        prefetch: int,
+        slots: int,
+        max_bytes: int | None = None,
+        lock: bool = True,
+        cuda: bool = False,
+        copy_threads: int = 2,
+    ) -> None:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        del lock, cuda, copy_threads  # NumPy can neither pin nor split copies
+        self._prefetch = prefetch
+        self._target_slots = slots
+        self._max_bytes = max_bytes
+        # RLock: a finalizer may run (garbage collection) while this thread holds the lock.
+        self._cond = threading.Condition(threading.RLock())
+        self._free: collections.deque[_Slot] = collections.deque()
+        self._ready: collections.deque[Any] = collections.deque()
+        self._slots = 0
+        self._bytes = 0
+        self._leased = 0
+        self._grown = 0
+        self._closed = False
+        self._consumer_waiting = False
+        self._fills = 0
+        self._bytes_copied = 0
+        self._fill_seconds = 0.0
+
+    # -- pool ------------------------------------------------------------------------------
+    def acquire(self, nbytes: int, timeout: float | None = None) -> NumpySlot:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise StreamClosedError("the stream was closed")
+                if self._free:
+                    slot = self._free.popleft()
+                    if slot.buffer.nbytes < nbytes:
+                        self._bytes -= slot.buffer.nbytes
+                        self._slots -= 1
+                        slot = self._allocate(nbytes, grown=False)
+                    break
+                if self._slots < self._target_slots:
+                    slot = self._allocate(nbytes, grown=False)
+                    break
+                if self._consumer_waiting and not self._ready:
+                    slot = self._allocate(nbytes, grown=True)
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise StreamClosedError("timed out waiting for a free slot")
+                self._cond.wait(remaining)
+            self._leased += 1
+        return NumpySlot(self, slot)
+
+    def _allocate(self, nbytes: int, *, grown: bool) -> _Slot:
+        capacity = max(PAGE_SIZE, -(-nbytes // PAGE_SIZE) * PAGE_SIZE)
+        if self._max_bytes is not None and self._bytes + capacity > self._max_bytes:
+            raise PoolExhaustedError(
+                f"max_pool_bytes={self._max_bytes} reached: the pool already holds "
+                f"{self._bytes} bytes in slots that batches still reference, and the next "
+                f"batch needs {capacity} more; release batches you keep, or raise max_pool_bytes"
+            )
+        slot = _Slot(_aligned_buffer(nbytes))
+        self._slots += 1
+        self._bytes += slot.buffer.nbytes
+        self._grown += int(grown)
+        return slot
+
+    def _unref(self, slot: _Slot) -> None:
+        with self._cond:
+            slot.refs -= 1
+            if slot.refs:
+                return
+            self._leased -= 1
+            if self._closed:
+                self._slots -= 1
+                self._bytes -= slot.buffer.nbytes
+            else:
+                self._free.append(slot)
+            self._cond.notify_all()
+
+    def _count_fill(self, nbytes: int, seconds: float) -> None:
+        with self._cond:
+            self._fills += 1
+            self._bytes_copied += nbytes
+            self._fill_seconds += seconds
+
+    # -- ready queue -------------------------------------------------------------------------
+    def publish(self, item: Any) -> bool:
+        with self._cond:
+            while not self._closed and len(self._ready) >= self._prefetch:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._ready.append(item)
+            self._cond.notify_all()
+            return True
+
+    def pop(self, timeout: float | None = None) -> Any | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._consumer_waiting = True
+            self._cond.notify_all()
+            try:
+                while not self._ready:
+                    if self._closed:
+                        raise StreamClosedError("the stream was closed")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return None
+                    wait = _SIGNAL_POLL if remaining is None else min(_SIGNAL_POLL, remaining)
+                    self._cond.wait(wait)
+                item = self._ready.popleft()
+                self._cond.notify_all()
+                return item
+            finally:
+                self._consumer_waiting = False
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            dropped = list(self._ready)
+            self._ready.clear()
+            while self._free:
+                slot = self._free.popleft()
+                self._slots -= 1
+                self._bytes -= slot.buffer.nbytes
+            self._cond.notify_all()
+        del dropped  # outside the lock: dropping batches runs finalizers that take it
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "slots": self._slots,
+                "slots_free": len(self._free),
+                "slots_leased": self._leased,
+                "pool_bytes": self._bytes,
+                "pool_grown": self._grown,
+                "locked_slots": 0,
+                "cuda_slots": 0,
+                "fills": self._fills,
+                "bytes_copied": self._bytes_copied,
+                "fill_seconds": self._fill_seconds,
+                "ready": len(self._ready),
+            }

@@ -1,0 +1,77 @@
+"""The exceptions fastbridge raises.
+
+Every error derives from :class:`FastbridgeError` and from the built-in exception a caller
+would already expect (``TypeError`` for a leaf of the wrong kind, ``MemoryError`` for a pool at
+its cap, ...), so both ``except FastbridgeError`` and ``except TypeError`` work.
+
+The Rust core raises these same classes (it imports this module), and so does the pure-NumPy
+fallback, so behaviour does not depend on whether the extension is built.
+"""
+
+from __future__ import annotations
+
+
+class FastbridgeError(Exception):
+    """Base class of every fastbridge error."""
+
+
+class StreamClosedError(FastbridgeError, RuntimeError):
+    """The stream was closed while an operation waited on it."""
+
+
+class PoolExhaustedError(FastbridgeError, MemoryError):
+    """Growing the slot pool would exceed ``max_pool_bytes``.
+
+    The pool grows when the consumer keeps batches (``list(stream(ds))``) so that it never
+    deadlocks; a byte cap turns unbounded growth into this error instead.
+    """
+
+
+class SourceError(FastbridgeError):
+    """The source (the dataset or iterable) raised; the original exception is ``__cause__``.
+
+    Raised at the position where the source failed, after every good batch before it.
+    ``batch_index`` is the index of the batch that failed.
+    """
+
+    def __init__(self, message: str, batch_index: int) -> None:
+        super().__init__(message)
+        self.batch_index = batch_index
+
+
+class UnsupportedLeafError(FastbridgeError, TypeError):
+    """A leaf cannot become a ``jax.Array`` (ragged, sparse, or Python objects).
+
+    ``path`` names the leaf, e.g. ``['tokens']``.
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class LeafOverflowError(FastbridgeError, OverflowError):
+    """A value does not fit the dtype the leaf is converted to (e.g. int64 → int32 with JAX's
+    x64 mode off). ``path`` names the leaf. Values are never wrapped silently."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StructureChangedError(FastbridgeError, ValueError):
+    """A batch's pytree structure or a leaf's dtype differs from the first batch's.
+
+    Shapes may change from batch to batch (``padded_batch``); structure and dtypes may not.
+    """
+
+
+__all__ = [
+    "FastbridgeError",
+    "LeafOverflowError",
+    "PoolExhaustedError",
+    "SourceError",
+    "StreamClosedError",
+    "StructureChangedError",
+    "UnsupportedLeafError",
+]

@@ -1,0 +1,68 @@
+//! Every error the core raises, mapped in one place onto `fastbridge.errors`.
+//!
+//! The exception classes live in Python so the pure-NumPy fallback raises the very same types
+//! when the extension is not built.
+
+use crate::pool::AcquireError;
+use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+pub enum CoreError {
+    Acquire(AcquireError),
+    /// A value of leaf `leaf` did not fit the narrower dtype.
+    OutOfRange { leaf: usize, value: i128 },
+    /// The slot was written after it had been exported.
+    AlreadyExported,
+    /// Bad layout or buffer handed in by the Python layer.
+    Invalid(String),
+}
+
+fn fastbridge_error<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let module = MODULE.get_or_try_init(py, || {
+        py.import("fastbridge.errors").map(Bound::unbind)
+    })?;
+    module.bind(py).getattr(name)?.cast_into::<PyType>().map_err(Into::into)
+}
+
+fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
+    match fastbridge_error(py, name) {
+        Ok(kind) => PyErr::from_type(kind, message),
+        Err(import_error) => import_error,
+    }
+}
+
+impl From<CoreError> for PyErr {
+    fn from(error: CoreError) -> Self {
+        Python::attach(|py| match error {
+            CoreError::Acquire(AcquireError::Closed) => {
+                raise(py, "StreamClosedError", "the stream was closed".into())
+            }
+            CoreError::Acquire(AcquireError::TimedOut) => {
+                raise(py, "StreamClosedError", "timed out waiting for a free slot".into())
+            }
+            CoreError::Acquire(AcquireError::Exhausted { requested, held, max_bytes }) => raise(
+                py,
+                "PoolExhaustedError",
+                format!(
+                    "max_pool_bytes={max_bytes} reached: the pool already holds {held} bytes in \
+                     slots that batches still reference, and the next batch needs {requested} \
+                     more; release batches you keep, or raise max_pool_bytes"
+                ),
+            ),
+            CoreError::Acquire(AcquireError::AllocationFailed { bytes }) => {
+                PyMemoryError::new_err(format!("could not allocate a {bytes}-byte slot"))
+            }
+            // The Python layer turns (leaf index, value) into a message naming the leaf path.
+            CoreError::OutOfRange { leaf, value } => {
+                PyOverflowError::new_err((leaf, value.to_string()))
+            }
+            CoreError::AlreadyExported => {
+                PyRuntimeError::new_err("a slot cannot be written after it has been exported")
+            }
+            CoreError::Invalid(message) => PyValueError::new_err(message),
+        })
+    }
+}

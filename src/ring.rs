@@ -1,0 +1,454 @@
+//! The Python-facing ring: slots handed to a producer thread, filled with the GIL released,
+//! exported as DLPack leaves, and a lock-free ready queue to the consumer.
+
+use crate::copy::{self, Conversion, Source};
+use crate::dlpack::{self, DLDataType, DLDevice, Export};
+use crate::error::CoreError;
+use crate::notify::Notifier;
+use crate::pool::{AcquireError, Lease, Pool, PoolConfig};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering};
+use crossbeam_queue::ArrayQueue;
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyCapsule, PyDict};
+use std::time::{Duration, Instant};
+
+/// How long a blocked consumer sleeps between checks for Ctrl-C.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+/// "Wait forever", in a form `Instant + Duration` accepts.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn timeout_from(seconds: Option<f64>) -> PyResult<Duration> {
+    match seconds {
+        None => Ok(FOREVER),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(FOREVER)),
+        Some(s) => Err(PyValueError::new_err(format!("timeout must be >= 0 seconds, got {s}"))),
+    }
+}
+
+#[derive(Default)]
+struct FillCounters {
+    fills: AtomicU64,
+    bytes: AtomicU64,
+    nanos: AtomicU64,
+}
+
+/// A ring of page-aligned slots between one producer thread and one consumer.
+///
+/// The producer calls `acquire` → `Slot.fill` → `Slot.export` → `publish`; the consumer calls
+/// `pop`. All waiting happens with the GIL released.
+#[pyclass(module = "fastbridge._core", frozen)]
+pub struct Ring {
+    pool: Pool,
+    ready: ArrayQueue<Py<PyAny>>,
+    ready_signal: Notifier,
+    consumer_waiting: AtomicBool,
+    closed: AtomicBool,
+    copy_threads: usize,
+    counters: Arc<FillCounters>,
+}
+
+#[pymethods]
+impl Ring {
+    #[new]
+    #[pyo3(signature = (*, prefetch, slots, max_bytes=None, lock=true, cuda=false, copy_threads=2))]
+    fn new(
+        prefetch: usize,
+        slots: usize,
+        max_bytes: Option<usize>,
+        lock: bool,
+        cuda: bool,
+        copy_threads: usize,
+    ) -> PyResult<Self> {
+        if prefetch == 0 {
+            return Err(PyValueError::new_err("prefetch must be >= 1, got 0"));
+        }
+        if slots == 0 {
+            return Err(PyValueError::new_err("slots must be >= 1, got 0"));
+        }
+        if copy_threads == 0 {
+            return Err(PyValueError::new_err("copy_threads must be >= 1, got 0"));
+        }
+        Ok(Self {
+            pool: Pool::new(PoolConfig { slots, max_bytes, lock, cuda }),
+            ready: ArrayQueue::new(prefetch),
+            ready_signal: Notifier::new(),
+            consumer_waiting: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            copy_threads,
+            counters: Arc::new(FillCounters::default()),
+        })
+    }
+
+    /// Producer: take a slot of at least `nbytes` to fill (GIL released while waiting).
+    /// Grows the pool when the consumer is blocked with nothing ready and every slot is held.
+    #[pyo3(signature = (nbytes, timeout=None))]
+    fn acquire(&self, py: Python<'_>, nbytes: usize, timeout: Option<f64>) -> PyResult<Slot> {
+        let timeout = timeout_from(timeout)?;
+        let starving =
+            || self.consumer_waiting.load(Ordering::SeqCst) && self.ready.is_empty();
+        let lease = py
+            .detach(|| self.pool.acquire(nbytes, timeout, starving))
+            .map_err(CoreError::Acquire)?;
+        Ok(Slot {
+            lease: Some(lease),
+            copy_threads: self.copy_threads,
+            counters: Arc::clone(&self.counters),
+        })
+    }
+
+    /// Producer: hand an item to the consumer, waiting for room (at most `prefetch` items wait).
+    /// Returns `False` when the ring was closed instead.
+    fn publish(&self, py: Python<'_>, item: Py<PyAny>) -> bool {
+        let mut item = Some(item);
+        let pushed = py.detach(|| {
+            self.ready_signal.wait_for(FOREVER, || {
+                if self.closed.load(Ordering::SeqCst) {
+                    return Some(false);
+                }
+                let value = item.take().expect("the item is pushed once");
+                match self.ready.push(value) {
+                    Ok(()) => Some(true),
+                    Err(back) => {
+                        item = Some(back);
+                        None
+                    }
+                }
+            })
+        });
+        let pushed = pushed.unwrap_or(false);
+        if pushed {
+            self.ready_signal.notify();
+            // A starving producer check looks at the ready queue: let it see the new item.
+            self.pool.wake();
+        }
+        // `item` (if not pushed) is dropped here, with the GIL held.
+        drop(item);
+        pushed
+    }
+
+    /// Consumer: the next item, waiting with the GIL released. Returns `None` after `timeout`
+    /// seconds; raises `StreamClosedError` once closed and drained; raises `KeyboardInterrupt`
+    /// (or whatever a signal handler raises) while waiting.
+    #[pyo3(signature = (timeout=None))]
+    fn pop(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+        if let Some(item) = self.ready.pop() {
+            self.ready_signal.notify();
+            return Ok(Some(item));
+        }
+        let deadline = Instant::now() + timeout_from(timeout)?;
+        self.consumer_waiting.store(true, Ordering::SeqCst);
+        self.pool.wake();
+        let result = loop {
+            let chunk = SIGNAL_POLL.min(deadline.saturating_duration_since(Instant::now()));
+            let popped = py.detach(|| {
+                self.ready_signal.wait_for(chunk, || {
+                    if let Some(item) = self.ready.pop() {
+                        return Some(Some(item));
+                    }
+                    self.closed.load(Ordering::SeqCst).then_some(None)
+                })
+            });
+            match popped {
+                Some(Some(item)) => break Ok(Some(item)),
+                Some(None) => {
+                    break Err(CoreError::Acquire(AcquireError::Closed).into());
+                }
+                None => {
+                    if let Err(interrupt) = py.check_signals() {
+                        break Err(interrupt);
+                    }
+                    if Instant::now() >= deadline {
+                        break Ok(None);
+                    }
+                }
+            }
+        };
+        self.consumer_waiting.store(false, Ordering::SeqCst);
+        self.ready_signal.notify();
+        result
+    }
+
+    /// Stop both sides: wakes a blocked producer and consumer, drops items not yet consumed
+    /// (their slots return) and frees every slot no batch still holds.
+    fn close(&self, py: Python<'_>) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.pool.close();
+        self.ready_signal.notify();
+        let mut dropped = Vec::new();
+        while let Some(item) = self.ready.pop() {
+            dropped.push(item);
+        }
+        drop(dropped);
+        self.ready_signal.notify();
+        let _ = py;
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Items published and not yet popped.
+    fn __len__(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Pool and fill counters (a dict of ints/floats/bools).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let pool = self.pool.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("slots", pool.slots)?;
+        dict.set_item("slots_free", pool.free)?;
+        dict.set_item("slots_leased", pool.leased)?;
+        dict.set_item("pool_bytes", pool.bytes)?;
+        dict.set_item("pool_grown", pool.grown)?;
+        dict.set_item("locked_slots", pool.locked_slots)?;
+        dict.set_item("cuda_slots", pool.cuda_slots)?;
+        dict.set_item("fills", self.counters.fills.load(Ordering::SeqCst))?;
+        dict.set_item("bytes_copied", self.counters.bytes.load(Ordering::SeqCst))?;
+        let nanos = self.counters.nanos.load(Ordering::SeqCst);
+        dict.set_item("fill_seconds", nanos as f64 * 1e-9)?;
+        dict.set_item("ready", self.ready.len())?;
+        Ok(dict)
+    }
+}
+
+/// A slot being filled by the producer. Writable until its first export.
+#[pyclass(module = "fastbridge._core")]
+pub struct Slot {
+    lease: Option<Arc<Lease>>,
+    copy_threads: usize,
+    counters: Arc<FillCounters>,
+}
+
+impl Slot {
+    fn lease(&self) -> PyResult<&Arc<Lease>> {
+        self.lease.as_ref().ok_or_else(|| PyValueError::new_err("the slot was released"))
+    }
+}
+
+#[pymethods]
+impl Slot {
+    /// Copy leaves into the slot with the GIL released. `leaves` holds
+    /// `(array, offset, conversion)` triples: any C-contiguous buffer, its byte offset in the
+    /// slot, and a conversion code (0 copy, 1 f64→f32, 2 i64→i32, 3 u64→u32, 4 c128→c64).
+    fn fill(
+        &mut self,
+        py: Python<'_>,
+        leaves: Vec<(Bound<'_, PyAny>, usize, u8)>,
+    ) -> PyResult<()> {
+        let lease = self
+            .lease
+            .as_mut()
+            .ok_or_else(|| PyValueError::new_err("the slot was released"))?;
+        let lease = Arc::get_mut(lease).ok_or(CoreError::AlreadyExported)?;
+        let capacity = lease.buffer().capacity();
+        // Take the buffer exports first (GIL held); they keep the sources alive and unmoved.
+        let mut plans = Vec::with_capacity(leaves.len());
+        for (index, (array, offset, code)) in leaves.iter().enumerate() {
+            let conversion = Conversion::from_code(*code).ok_or_else(|| {
+                CoreError::Invalid(format!("leaf {index}: unknown conversion code {code}"))
+            })?;
+            let buffer = PyUntypedBuffer::get(array)?;
+            if !buffer.is_c_contiguous() {
+                return Err(CoreError::Invalid(format!("leaf {index}: source is not C-contiguous"))
+                    .into());
+            }
+            let (src_unit, dst_unit) = conversion.unit();
+            let len = buffer.len_bytes();
+            if conversion != Conversion::Copy && buffer.item_size() != 8 && buffer.item_size() != 16
+            {
+                return Err(CoreError::Invalid(format!(
+                    "leaf {index}: conversion {conversion:?} needs 8- or 16-byte items, got {}",
+                    buffer.item_size()
+                ))
+                .into());
+            }
+            let out = len / src_unit * dst_unit;
+            if offset.checked_add(out).is_none_or(|end| end > capacity) {
+                return Err(CoreError::Invalid(format!(
+                    "leaf {index}: {out} bytes at offset {offset} do not fit a {capacity}-byte slot"
+                ))
+                .into());
+            }
+            plans.push((index, conversion, buffer, *offset, out));
+        }
+        plans.sort_by_key(|plan| plan.3);
+        for pair in plans.windows(2) {
+            if pair[0].3 + pair[0].4 > pair[1].3 {
+                return Err(CoreError::Invalid(format!(
+                    "leaves {} and {} overlap in the slot",
+                    pair[0].0, pair[1].0
+                ))
+                .into());
+            }
+        }
+        let threads = self.copy_threads;
+        let started = Instant::now();
+        let total: usize = plans.iter().map(|p| p.4).sum();
+        let result = {
+            let mut rest = lease.buffer_mut().as_mut_slice();
+            let mut consumed = 0;
+            let mut tasks = Vec::with_capacity(plans.len());
+            for (index, conversion, buffer, offset, out) in &plans {
+                let (_, tail) = rest.split_at_mut(offset - consumed);
+                let (dest, tail) = tail.split_at_mut(*out);
+                rest = tail;
+                consumed = offset + out;
+                // SAFETY: `buffer` is a live export of a C-contiguous buffer of
+                // `len_bytes()` bytes; it stays alive (and the exporter may not resize it)
+                // until `plans` is dropped, after the copy below has joined its threads.
+                let source = unsafe { Source::new(buffer.buf_ptr().cast(), buffer.len_bytes()) };
+                tasks.push(copy::Task { leaf: *index, conversion: *conversion, source, dest });
+            }
+            py.detach(|| copy::run(tasks, threads))
+        };
+        drop(plans);
+        self.counters.fills.fetch_add(1, Ordering::SeqCst);
+        self.counters.bytes.fetch_add(total as u64, Ordering::SeqCst);
+        let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.counters.nanos.fetch_add(nanos, Ordering::SeqCst);
+        result.map_err(|(leaf, e)| CoreError::OutOfRange { leaf, value: e.value }.into())
+    }
+
+    /// Export `shape` elements of DLPack dtype (`code`, `bits`) at byte `offset` as a leaf that
+    /// JAX (or NumPy) can import without copying. After the first export the slot is read-only.
+    fn export(&self, offset: usize, shape: Vec<i64>, code: u8, bits: u8) -> PyResult<Leaf> {
+        let lease = self.lease()?;
+        if shape.iter().any(|&d| d < 0) {
+            return Err(PyValueError::new_err(format!("negative dimension in shape {shape:?}")));
+        }
+        if bits == 0 || bits % 8 != 0 {
+            return Err(PyValueError::new_err(format!("bits must be a multiple of 8, got {bits}")));
+        }
+        let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+        let nbytes = elements.and_then(|n| n.checked_mul(usize::from(bits / 8)));
+        let capacity = lease.buffer().capacity();
+        if nbytes.and_then(|n| n.checked_add(offset)).is_none_or(|end| end > capacity) {
+            return Err(PyValueError::new_err(format!(
+                "shape {shape:?} of {bits}-bit items at offset {offset} exceeds the \
+                 {capacity}-byte slot"
+            )));
+        }
+        if offset % crate::memory::LEAF_ALIGN != 0 {
+            return Err(PyValueError::new_err(format!(
+                "offset {offset} is not {}-byte aligned",
+                crate::memory::LEAF_ALIGN
+            )));
+        }
+        let device_type = if lease.buffer().pinning().cuda {
+            dlpack::DEVICE_CUDA_HOST
+        } else {
+            dlpack::DEVICE_CPU
+        };
+        Ok(Leaf {
+            lease: Arc::clone(lease),
+            offset,
+            shape,
+            dtype: DLDataType { code, bits, lanes: 1 },
+            device: DLDevice { device_type, device_id: 0 },
+        })
+    }
+
+    /// Drop the producer's reference; the slot returns when every exported leaf is gone too.
+    fn release(&mut self) {
+        self.lease = None;
+    }
+
+    /// Start address of the slot's memory.
+    #[getter]
+    fn address(&self) -> PyResult<usize> {
+        Ok(self.lease()?.buffer().as_ptr() as usize)
+    }
+
+    /// Usable bytes in the slot (whole pages).
+    #[getter]
+    fn capacity(&self) -> PyResult<usize> {
+        Ok(self.lease()?.buffer().capacity())
+    }
+
+    /// Whether the slot's pages are locked in RAM.
+    #[getter]
+    fn locked(&self) -> PyResult<bool> {
+        Ok(self.lease()?.buffer().pinning().locked)
+    }
+}
+
+/// One array inside a slot, importable through DLPack (`jax.dlpack.from_dlpack`,
+/// `np.from_dlpack`). Holding it, or anything imported from it, keeps the slot leased.
+#[pyclass(module = "fastbridge._core", frozen)]
+pub struct Leaf {
+    lease: Arc<Lease>,
+    offset: usize,
+    shape: Vec<i64>,
+    dtype: DLDataType,
+    device: DLDevice,
+}
+
+#[pymethods]
+impl Leaf {
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<Bound<'py, PyAny>>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(i32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        // Host memory has no stream to synchronise with; any value is accepted and ignored.
+        let _ = stream;
+        if copy == Some(true) {
+            return Err(PyBufferError::new_err(
+                "fastbridge leaves export their slot memory only; copy=True is not supported",
+            ));
+        }
+        if let Some((device_type, device_id)) = dl_device {
+            if (device_type, device_id) != (self.device.device_type, self.device.device_id) {
+                return Err(PyBufferError::new_err(format!(
+                    "leaf lives on DLPack device {:?}, cannot export to {:?}",
+                    (self.device.device_type, self.device.device_id),
+                    (device_type, device_id)
+                )));
+            }
+        }
+        let versioned = max_version.is_some_and(|(major, _)| major >= 1);
+        let export = Export {
+            lease: Arc::clone(&self.lease),
+            offset: self.offset,
+            shape: self.shape.clone(),
+            dtype: self.dtype,
+            device: self.device,
+        };
+        dlpack::capsule(py, export, versioned)
+    }
+
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (self.device.device_type, self.device.device_id)
+    }
+
+    /// Address of the first element.
+    #[getter]
+    fn address(&self) -> usize {
+        self.lease.buffer().as_ptr() as usize + self.offset
+    }
+
+    #[getter]
+    fn shape(&self) -> Vec<i64> {
+        self.shape.clone()
+    }
+}
+
+/// Name a capsule carries (consumers rename `dltensor` to `used_dltensor` when they take it).
+#[pyfunction]
+pub fn capsule_name(capsule: &Bound<'_, PyCapsule>) -> Option<String> {
+    dlpack::capsule_name(capsule)
+}
+
+/// Whether a CUDA driver could be loaded and a device opened in this process.
+#[pyfunction]
+pub fn cuda_available() -> bool {
+    crate::cuda::available()
+}

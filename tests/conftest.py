@@ -1,0 +1,52 @@
+"""Shared fixtures. Tests run against the installed wheel (see the Makefile's test-python)."""
+
+from __future__ import annotations
+
+import os
+
+# Before JAX and TensorFlow are imported: 8 host devices for the sharding tests, quiet TF.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gc  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+import fastbridge  # noqa: E402
+
+ALL_BACKENDS = ["ring", "numpy", "direct", "copy"]
+SLOT_BACKENDS = ["ring", "numpy"]
+
+
+def producer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("fastbridge-producer")]
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll `condition` (with garbage collection) until it holds or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        gc.collect()
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_producers():
+    """Every test must leave no producer thread behind once its streams are gone."""
+    yield
+    assert wait_until(lambda: not producer_threads()), (
+        f"leaked producer threads: {producer_threads()}"
+    )
+
+
+def test_runs_against_the_installed_wheel():
+    """CI builds a wheel and tests that, never the source tree."""
+    if os.environ.get("FASTBRIDGE_EXPECT_INSTALLED") != "1":
+        pytest.skip("only meaningful under `make test`")
+    assert "site-packages" in fastbridge.__file__, fastbridge.__file__
+    assert fastbridge.core_available(), "the wheel must contain the Rust extension"
