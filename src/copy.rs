@@ -76,7 +76,10 @@ impl Source {
     fn slice(&self, start: usize, len: usize) -> Self {
         assert!(start + len <= self.len, "source sub-range out of bounds");
         // SAFETY: `start + len <= self.len`, so the pointer stays inside the same region.
-        Self { ptr: unsafe { self.ptr.add(start) }, len }
+        Self {
+            ptr: unsafe { self.ptr.add(start) },
+            len,
+        }
     }
 }
 
@@ -87,15 +90,19 @@ pub struct OutOfRange {
 }
 
 /// Copy/convert `source` into `dest`. `dest.len()` must equal the converted size.
-pub fn convert(
-    conversion: Conversion,
-    source: Source,
-    dest: &mut [u8],
-) -> Result<(), OutOfRange> {
+pub fn convert(conversion: Conversion, source: Source, dest: &mut [u8]) -> Result<(), OutOfRange> {
     let (src_unit, dst_unit) = conversion.unit();
     let count = source.len / src_unit;
-    assert_eq!(source.len % src_unit, 0, "source is not a whole number of elements");
-    assert_eq!(dest.len(), count * dst_unit, "destination size does not match the conversion");
+    assert_eq!(
+        source.len % src_unit,
+        0,
+        "source is not a whole number of elements"
+    );
+    assert_eq!(
+        dest.len(),
+        count * dst_unit,
+        "destination size does not match the conversion"
+    );
     if count == 0 {
         return Ok(());
     }
@@ -128,7 +135,9 @@ pub fn convert(
                         .map(|i| s.add(i).read_unaligned())
                         .find(|&v| v != i64::from(v as i32))
                         .unwrap_or_default();
-                    return Err(OutOfRange { value: i128::from(bad) });
+                    return Err(OutOfRange {
+                        value: i128::from(bad),
+                    });
                 }
             }
             Conversion::U64ToU32 => {
@@ -144,7 +153,9 @@ pub fn convert(
                         .map(|i| s.add(i).read_unaligned())
                         .find(|&v| v > u64::from(u32::MAX))
                         .unwrap_or_default();
-                    return Err(OutOfRange { value: i128::from(bad) });
+                    return Err(OutOfRange {
+                        value: i128::from(bad),
+                    });
                 }
             }
         }
@@ -221,7 +232,11 @@ pub fn run(tasks: Vec<Task<'_>>, threads: usize) -> Result<(), (usize, OutOfRang
     let results: Vec<Result<(), (usize, OutOfRange)>> = std::thread::scope(|scope| {
         let helpers: Vec<_> = runs.map(|run| scope.spawn(move || work(run))).collect();
         let mut results = vec![work(first)];
-        results.extend(helpers.into_iter().map(|h| h.join().expect("copy kernels do not panic")));
+        results.extend(
+            helpers
+                .into_iter()
+                .map(|h| h.join().expect("copy kernels do not panic")),
+        );
         results
     });
     results
@@ -229,6 +244,16 @@ pub fn run(tasks: Vec<Task<'_>>, threads: usize) -> Result<(), (usize, OutOfRang
         .filter_map(Result::err)
         .min_by_key(|(leaf, _)| *leaf)
         .map_or(Ok(()), Err)
+}
+
+/// A writable destination region owned by Python.
+///
+/// # Safety
+/// `base + offset .. base + offset + len` must be valid for writes, and nothing else may form a
+/// Rust reference to it while the returned slice lives.
+pub unsafe fn dest_slice<'a>(base: *mut u8, offset: usize, len: usize) -> &'a mut [u8] {
+    // SAFETY: forwarded from the caller.
+    unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) }
 }
 
 #[cfg(test)]
@@ -253,8 +278,10 @@ mod tests {
         let data = [1.5f64, -0.1, 1e40, f64::NAN];
         let mut out = vec![0u8; 16];
         convert(Conversion::F64ToF32, source_of(&data), &mut out).unwrap();
-        let got: Vec<f32> =
-            out.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let got: Vec<f32> = out
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(got[0], 1.5);
         assert_eq!(got[1], -0.1f64 as f32);
         assert!(got[2].is_infinite());
@@ -283,7 +310,12 @@ mod tests {
         let mut out_a = vec![0u8; a.len()];
         let mut out_b = vec![0u8; b.len() * 4];
         let tasks = vec![
-            Task { leaf: 0, conversion: Conversion::Copy, source: source_of(&a), dest: &mut out_a },
+            Task {
+                leaf: 0,
+                conversion: Conversion::Copy,
+                source: source_of(&a),
+                dest: &mut out_a,
+            },
             Task {
                 leaf: 1,
                 conversion: Conversion::F64ToF32,
@@ -300,7 +332,12 @@ mod tests {
         c[777_777] = 1 << 33;
         let mut out_c = vec![0u8; c.len() * 4];
         let tasks = vec![
-            Task { leaf: 0, conversion: Conversion::Copy, source: source_of(&a), dest: &mut out_a },
+            Task {
+                leaf: 0,
+                conversion: Conversion::Copy,
+                source: source_of(&a),
+                dest: &mut out_a,
+            },
             Task {
                 leaf: 5,
                 conversion: Conversion::I64ToI32,

@@ -42,9 +42,8 @@ fn load() -> Option<Driver> {
             library.get(b"cuInit\0").ok()?;
         let device_get: libloading::Symbol<unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult> =
             library.get(b"cuDeviceGet\0").ok()?;
-        let retain: libloading::Symbol<
-            unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult,
-        > = library.get(b"cuDevicePrimaryCtxRetain\0").ok()?;
+        let retain: libloading::Symbol<unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult> =
+            library.get(b"cuDevicePrimaryCtxRetain\0").ok()?;
         let push_context = *library.get(b"cuCtxPushCurrent_v2\0").ok()?;
         let pop_context = *library.get(b"cuCtxPopCurrent_v2\0").ok()?;
         let host_register = *library.get(b"cuMemHostRegister_v2\0").ok()?;

@@ -9,12 +9,12 @@
 //! Layouts follow `dlpack.h` v1.1 (<https://github.com/dmlc/dlpack>).
 
 use crate::pool::Lease;
+use crate::sync::Arc;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::NonNull;
-use crate::sync::Arc;
 
 pub const DEVICE_CPU: i32 = 1;
 pub const DEVICE_CUDA_HOST: i32 = 3;
@@ -184,7 +184,10 @@ pub fn capsule<'py>(
     if versioned {
         let holder = Box::into_raw(Box::new(Holder {
             managed: DLManagedTensorVersioned {
-                version: DLPackVersion { major: VERSION.0, minor: VERSION.1 },
+                version: DLPackVersion {
+                    major: VERSION.0,
+                    minor: VERSION.1,
+                },
                 manager_ctx: std::ptr::null_mut(),
                 deleter: Some(delete_versioned),
                 flags: FLAG_READ_ONLY,
@@ -200,9 +203,8 @@ pub fn capsule<'py>(
         unsafe {
             (*holder).managed.manager_ctx = holder.cast();
             let pointer = NonNull::new_unchecked(holder.cast::<c_void>());
-            make_capsule(py, pointer, NAME_VERSIONED, capsule_destructor_versioned).inspect_err(
-                |_| drop(Box::from_raw(holder)),
-            )
+            make_capsule(py, pointer, NAME_VERSIONED, capsule_destructor_versioned)
+                .inspect_err(|_| drop(Box::from_raw(holder)))
         }
     } else {
         let holder = Box::into_raw(Box::new(Holder {

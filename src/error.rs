@@ -12,7 +12,10 @@ use pyo3::types::PyType;
 pub enum CoreError {
     Acquire(AcquireError),
     /// A value of leaf `leaf` did not fit the narrower dtype.
-    OutOfRange { leaf: usize, value: i128 },
+    OutOfRange {
+        leaf: usize,
+        value: i128,
+    },
     /// The slot was written after it had been exported.
     AlreadyExported,
     /// Bad layout or buffer handed in by the Python layer.
@@ -21,10 +24,13 @@ pub enum CoreError {
 
 fn fastbridge_error<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    let module = MODULE.get_or_try_init(py, || {
-        py.import("fastbridge.errors").map(Bound::unbind)
-    })?;
-    module.bind(py).getattr(name)?.cast_into::<PyType>().map_err(Into::into)
+    let module =
+        MODULE.get_or_try_init(py, || py.import("fastbridge.errors").map(Bound::unbind))?;
+    module
+        .bind(py)
+        .getattr(name)?
+        .cast_into::<PyType>()
+        .map_err(Into::into)
 }
 
 fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
@@ -40,10 +46,16 @@ impl From<CoreError> for PyErr {
             CoreError::Acquire(AcquireError::Closed) => {
                 raise(py, "StreamClosedError", "the stream was closed".into())
             }
-            CoreError::Acquire(AcquireError::TimedOut) => {
-                raise(py, "StreamClosedError", "timed out waiting for a free slot".into())
-            }
-            CoreError::Acquire(AcquireError::Exhausted { requested, held, max_bytes }) => raise(
+            CoreError::Acquire(AcquireError::TimedOut) => raise(
+                py,
+                "StreamClosedError",
+                "timed out waiting for a free slot".into(),
+            ),
+            CoreError::Acquire(AcquireError::Exhausted {
+                requested,
+                held,
+                max_bytes,
+            }) => raise(
                 py,
                 "PoolExhaustedError",
                 format!(

@@ -33,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ring::Leaf>()?;
     m.add_function(wrap_pyfunction!(ring::capsule_name, m)?)?;
     m.add_function(wrap_pyfunction!(ring::cuda_available, m)?)?;
+    m.add_function(wrap_pyfunction!(ring::copy_into, m)?)?;
     m.add("PAGE_SIZE", memory::PAGE)?;
     m.add("LEAF_ALIGN", memory::LEAF_ALIGN)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

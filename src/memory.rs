@@ -47,7 +47,14 @@ impl HostBuffer {
         // SAFETY: `layout` has a non-zero size (at least one page) and a power-of-two alignment.
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw)?;
-        let mut buffer = Self { ptr, capacity, pinning: Pinning { locked: false, cuda: false } };
+        let mut buffer = Self {
+            ptr,
+            capacity,
+            pinning: Pinning {
+                locked: false,
+                cuda: false,
+            },
+        };
         buffer.pinning.locked = lock && buffer.lock_pages();
         if !buffer.pinning.locked {
             buffer.prefault();
@@ -124,7 +131,10 @@ impl Drop for HostBuffer {
         // SAFETY: allocated in `allocate` with exactly this layout (the size and alignment were
         // validated there), and never freed before: Drop runs once.
         unsafe {
-            dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.capacity, PAGE))
+            dealloc(
+                self.ptr.as_ptr(),
+                Layout::from_size_align_unchecked(self.capacity, PAGE),
+            )
         };
     }
 }
@@ -157,7 +167,10 @@ mod tests {
         let mut locked = HostBuffer::allocate(1 << 16, true, false).unwrap();
         locked.as_mut_slice()[12345] = 7;
         assert_eq!(locked.as_slice()[12345], 7);
-        assert!(!locked.pinning().cuda, "CUDA registration was not asked for");
+        assert!(
+            !locked.pinning().cuda,
+            "CUDA registration was not asked for"
+        );
     }
 
     #[test]

@@ -16,13 +16,18 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     pub(crate) fn new() -> Self {
-        Self { sequence: Mutex::new(0), wake: Condvar::new() }
+        Self {
+            sequence: Mutex::new(0),
+            wake: Condvar::new(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, u64> {
         // A poisoned lock only means another thread panicked while holding it; the counter is
         // still meaningful, so recover instead of spreading the panic into a deleter.
-        self.sequence.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sequence
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Wake every waiter so that it re-evaluates its condition.
@@ -54,7 +59,11 @@ impl Notifier {
     }
 
     #[cfg(not(loom))]
-    fn wait_timeout<'a>(&self, guard: MutexGuard<'a, u64>, timeout: Duration) -> MutexGuard<'a, u64> {
+    fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, u64>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, u64> {
         match self.wake.wait_timeout(guard, timeout) {
             Ok((guard, _)) => guard,
             Err(poisoned) => poisoned.into_inner().0,
@@ -64,7 +73,11 @@ impl Notifier {
     // loom has no notion of time: a timed wait is a plain wait, which also proves that no
     // wake-up is lost (a lost one deadlocks the model and fails the check).
     #[cfg(loom)]
-    fn wait_timeout<'a>(&self, guard: MutexGuard<'a, u64>, _timeout: Duration) -> MutexGuard<'a, u64> {
+    fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, u64>,
+        _timeout: Duration,
+    ) -> MutexGuard<'a, u64> {
         self.wake.wait(guard).unwrap()
     }
 }

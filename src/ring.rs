@@ -23,7 +23,9 @@ fn timeout_from(seconds: Option<f64>) -> PyResult<Duration> {
     match seconds {
         None => Ok(FOREVER),
         Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(FOREVER)),
-        Some(s) => Err(PyValueError::new_err(format!("timeout must be >= 0 seconds, got {s}"))),
+        Some(s) => Err(PyValueError::new_err(format!(
+            "timeout must be >= 0 seconds, got {s}"
+        ))),
     }
 }
 
@@ -71,7 +73,12 @@ impl Ring {
             return Err(PyValueError::new_err("copy_threads must be >= 1, got 0"));
         }
         Ok(Self {
-            pool: Pool::new(PoolConfig { slots, max_bytes, lock, cuda }),
+            pool: Pool::new(PoolConfig {
+                slots,
+                max_bytes,
+                lock,
+                cuda,
+            }),
             ready: ArrayQueue::new(prefetch),
             ready_signal: Notifier::new(),
             consumer_waiting: AtomicBool::new(false),
@@ -86,8 +93,7 @@ impl Ring {
     #[pyo3(signature = (nbytes, timeout=None))]
     fn acquire(&self, py: Python<'_>, nbytes: usize, timeout: Option<f64>) -> PyResult<Slot> {
         let timeout = timeout_from(timeout)?;
-        let starving =
-            || self.consumer_waiting.load(Ordering::SeqCst) && self.ready.is_empty();
+        let starving = || self.consumer_waiting.load(Ordering::SeqCst) && self.ready.is_empty();
         let lease = py
             .detach(|| self.pool.acquire(nbytes, timeout, starving))
             .map_err(CoreError::Acquire)?;
@@ -225,7 +231,9 @@ pub struct Slot {
 
 impl Slot {
     fn lease(&self) -> PyResult<&Arc<Lease>> {
-        self.lease.as_ref().ok_or_else(|| PyValueError::new_err("the slot was released"))
+        self.lease
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("the slot was released"))
     }
 }
 
@@ -234,11 +242,7 @@ impl Slot {
     /// Copy leaves into the slot with the GIL released. `leaves` holds
     /// `(array, offset, conversion)` triples: any C-contiguous buffer, its byte offset in the
     /// slot, and a conversion code (0 copy, 1 f64→f32, 2 i64→i32, 3 u64→u32, 4 c128→c64).
-    fn fill(
-        &mut self,
-        py: Python<'_>,
-        leaves: Vec<(Bound<'_, PyAny>, usize, u8)>,
-    ) -> PyResult<()> {
+    fn fill(&mut self, py: Python<'_>, leaves: Vec<(Bound<'_, PyAny>, usize, u8)>) -> PyResult<()> {
         let lease = self
             .lease
             .as_mut()
@@ -253,8 +257,10 @@ impl Slot {
             })?;
             let buffer = PyUntypedBuffer::get(array)?;
             if !buffer.is_c_contiguous() {
-                return Err(CoreError::Invalid(format!("leaf {index}: source is not C-contiguous"))
-                    .into());
+                return Err(CoreError::Invalid(format!(
+                    "leaf {index}: source is not C-contiguous"
+                ))
+                .into());
             }
             let (src_unit, dst_unit) = conversion.unit();
             let len = buffer.len_bytes();
@@ -301,16 +307,29 @@ impl Slot {
                 // `len_bytes()` bytes; it stays alive (and the exporter may not resize it)
                 // until `plans` is dropped, after the copy below has joined its threads.
                 let source = unsafe { Source::new(buffer.buf_ptr().cast(), buffer.len_bytes()) };
-                tasks.push(copy::Task { leaf: *index, conversion: *conversion, source, dest });
+                tasks.push(copy::Task {
+                    leaf: *index,
+                    conversion: *conversion,
+                    source,
+                    dest,
+                });
             }
             py.detach(|| copy::run(tasks, threads))
         };
         drop(plans);
         self.counters.fills.fetch_add(1, Ordering::SeqCst);
-        self.counters.bytes.fetch_add(total as u64, Ordering::SeqCst);
+        self.counters
+            .bytes
+            .fetch_add(total as u64, Ordering::SeqCst);
         let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
         self.counters.nanos.fetch_add(nanos, Ordering::SeqCst);
-        result.map_err(|(leaf, e)| CoreError::OutOfRange { leaf, value: e.value }.into())
+        result.map_err(|(leaf, e)| {
+            CoreError::OutOfRange {
+                leaf,
+                value: e.value,
+            }
+            .into()
+        })
     }
 
     /// Export `shape` elements of DLPack dtype (`code`, `bits`) at byte `offset` as a leaf that
@@ -318,15 +337,24 @@ impl Slot {
     fn export(&self, offset: usize, shape: Vec<i64>, code: u8, bits: u8) -> PyResult<Leaf> {
         let lease = self.lease()?;
         if shape.iter().any(|&d| d < 0) {
-            return Err(PyValueError::new_err(format!("negative dimension in shape {shape:?}")));
+            return Err(PyValueError::new_err(format!(
+                "negative dimension in shape {shape:?}"
+            )));
         }
         if bits == 0 || bits % 8 != 0 {
-            return Err(PyValueError::new_err(format!("bits must be a multiple of 8, got {bits}")));
+            return Err(PyValueError::new_err(format!(
+                "bits must be a multiple of 8, got {bits}"
+            )));
         }
-        let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+        let elements = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
         let nbytes = elements.and_then(|n| n.checked_mul(usize::from(bits / 8)));
         let capacity = lease.buffer().capacity();
-        if nbytes.and_then(|n| n.checked_add(offset)).is_none_or(|end| end > capacity) {
+        if nbytes
+            .and_then(|n| n.checked_add(offset))
+            .is_none_or(|end| end > capacity)
+        {
             return Err(PyValueError::new_err(format!(
                 "shape {shape:?} of {bits}-bit items at offset {offset} exceeds the \
                  {capacity}-byte slot"
@@ -347,8 +375,15 @@ impl Slot {
             lease: Arc::clone(lease),
             offset,
             shape,
-            dtype: DLDataType { code, bits, lanes: 1 },
-            device: DLDevice { device_type, device_id: 0 },
+            dtype: DLDataType {
+                code,
+                bits,
+                lanes: 1,
+            },
+            device: DLDevice {
+                device_type,
+                device_id: 0,
+            },
         })
     }
 
@@ -451,4 +486,65 @@ pub fn capsule_name(capsule: &Bound<'_, PyCapsule>) -> Option<String> {
 #[pyfunction]
 pub fn cuda_available() -> bool {
     crate::cuda::available()
+}
+
+/// Copy (and convert) `source` into the writable buffer `dest` at byte `offset`, with the GIL
+/// released and on up to `threads` threads. Used by the whole-dataset conversions, which fill
+/// one preallocated (possibly memory-mapped) array per leaf batch by batch.
+/// `conversion` uses the same codes as `Slot.fill`. Returns the bytes written.
+#[pyfunction]
+#[pyo3(signature = (dest, offset, source, conversion=0, threads=2))]
+pub fn copy_into(
+    py: Python<'_>,
+    dest: &Bound<'_, PyAny>,
+    offset: usize,
+    source: &Bound<'_, PyAny>,
+    conversion: u8,
+    threads: usize,
+) -> PyResult<usize> {
+    let conversion = Conversion::from_code(conversion)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown conversion code {conversion}")))?;
+    let dest_buffer = PyUntypedBuffer::get(dest)?;
+    if dest_buffer.readonly() {
+        return Err(PyValueError::new_err("dest is read-only"));
+    }
+    if !dest_buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err("dest is not C-contiguous"));
+    }
+    let source_buffer = PyUntypedBuffer::get(source)?;
+    if !source_buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err("source is not C-contiguous"));
+    }
+    let (src_unit, dst_unit) = conversion.unit();
+    let written = source_buffer.len_bytes() / src_unit * dst_unit;
+    let capacity = dest_buffer.len_bytes();
+    if offset.checked_add(written).is_none_or(|end| end > capacity) {
+        return Err(PyValueError::new_err(format!(
+            "{written} bytes at offset {offset} do not fit the {capacity}-byte destination"
+        )));
+    }
+    // SAFETY: both exports stay alive until the end of this function, after the copy joined.
+    let source_region =
+        unsafe { Source::new(source_buffer.buf_ptr().cast(), source_buffer.len_bytes()) };
+    // SAFETY: `dest` is a live, writable, C-contiguous export of `capacity` bytes and the
+    // range is inside it (checked above). Python code could alias it from another thread
+    // while the GIL is released, exactly as with NumPy's own GIL-free copies.
+    let dest_slice =
+        unsafe { crate::copy::dest_slice(dest_buffer.buf_ptr().cast(), offset, written) };
+    let task = copy::Task {
+        leaf: 0,
+        conversion,
+        source: source_region,
+        dest: dest_slice,
+    };
+    py.detach(|| copy::run(vec![task], threads.max(1)))
+        .map_err(|(leaf, e)| {
+            PyErr::from(CoreError::OutOfRange {
+                leaf,
+                value: e.value,
+            })
+        })?;
+    drop(source_buffer);
+    drop(dest_buffer);
+    Ok(written)
 }

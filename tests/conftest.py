@@ -8,13 +8,12 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import gc  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
+import gc
+import threading
+import time
 
-import pytest  # noqa: E402
-
-import fastbridge  # noqa: E402
+import fastbridge
+import pytest
 
 ALL_BACKENDS = ["ring", "numpy", "direct", "copy"]
 SLOT_BACKENDS = ["ring", "numpy"]

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ALL_BACKENDS
-
 from fastbridge import stream
 
 Point = collections.namedtuple("Point", ["x", "y"])

@@ -11,6 +11,7 @@ __all__ = [
     "Ring",
     "Slot",
     "capsule_name",
+    "copy_into",
     "__version__",
     "cuda_available",
 ]
@@ -76,3 +77,6 @@ class Leaf:
 
 def capsule_name(capsule: CapsuleType) -> str | None: ...
 def cuda_available() -> bool: ...
+def copy_into(
+    dest: Any, offset: int, source: Any, conversion: int = 0, threads: int = 2
+) -> int: ...

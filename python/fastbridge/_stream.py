@@ -89,7 +89,9 @@ def _resolve_device(device: jax.Device | str | None) -> jax.Device:
 
 def _resolve_backend(backend: str, device: jax.Device) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        raise ValueError(
+            f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
+        )
     if backend == "auto":
         # On CPU, TensorFlow's own buffers need no copy and any extra copy competes with the
         # step for cores and memory bandwidth (benches/RESULTS.md); on accelerators, pinned
@@ -119,6 +121,7 @@ class _Pipeline:
         self.source_seconds = 0.0
         self.convert_seconds = 0.0
         self.pid = os.getpid()
+        self.final_ring_stats: dict[str, Any] | None = None
 
     def produce(self, iterator: Iterator[Any]) -> None:
         # JAX's x64 switch can be thread-local (``with jax.enable_x64():``); the producer
@@ -165,6 +168,8 @@ class _Pipeline:
             return
         self.closed.set()
         if self.ring is not None:
+            # Stats after the end describe the pool as it was, not the freed one.
+            self.final_ring_stats = self.ring.stats()
             self.ring.close()
         thread = self.thread
         if thread is not None and thread is not threading.current_thread():
@@ -199,7 +204,9 @@ class Stream(Iterator[T], Generic[T]):
         if max_pool_bytes is not None and (
             not isinstance(max_pool_bytes, int) or max_pool_bytes <= 0
         ):
-            raise ValueError(f"max_pool_bytes must be a positive int or None, got {max_pool_bytes!r}")
+            raise ValueError(
+                f"max_pool_bytes must be a positive int or None, got {max_pool_bytes!r}"
+            )
         if copy_threads is not None and (not isinstance(copy_threads, int) or copy_threads < 1):
             raise ValueError(f"copy_threads must be an int >= 1 or None, got {copy_threads!r}")
         if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
@@ -334,7 +341,9 @@ class Stream(Iterator[T], Generic[T]):
     @property
     def stats(self) -> StreamStats:
         ring = self._pipeline.ring
-        ring_stats: dict[str, Any] = ring.stats() if ring is not None else {}
+        ring_stats: dict[str, Any] = self._pipeline.final_ring_stats or (
+            ring.stats() if ring is not None else {}
+        )
         converter = self._pipeline.converter
         acquire_wait = getattr(converter, "acquire_seconds", 0.0)
         slots = ring_stats.get("slots", 0) if self._backend in ("ring", "numpy") else 0
