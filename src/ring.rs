@@ -334,7 +334,17 @@ impl Slot {
 
     /// Export `shape` elements of DLPack dtype (`code`, `bits`) at byte `offset` as a leaf that
     /// JAX (or NumPy) can import without copying. After the first export the slot is read-only.
-    fn export(&self, offset: usize, shape: Vec<i64>, code: u8, bits: u8) -> PyResult<Leaf> {
+    /// `device_id` is the id the leaf reports in `__dlpack_device__` (host memory is reachable
+    /// from every CPU device; JAX places the import on the device with that id).
+    #[pyo3(signature = (offset, shape, code, bits, device_id=0))]
+    fn export(
+        &self,
+        offset: usize,
+        shape: Vec<i64>,
+        code: u8,
+        bits: u8,
+        device_id: i32,
+    ) -> PyResult<Leaf> {
         let lease = self.lease()?;
         if shape.iter().any(|&d| d < 0) {
             return Err(PyValueError::new_err(format!(
@@ -382,7 +392,7 @@ impl Slot {
             },
             device: DLDevice {
                 device_type,
-                device_id: 0,
+                device_id,
             },
         })
     }

@@ -112,7 +112,7 @@ def test_structure_and_dtype_changes_are_named(backend):
         ({"prefetch": 0}, "prefetch must be an int >= 1, got 0"),
         ({"prefetch": 2.5}, "prefetch must be an int >= 1, got 2.5"),
         ({"slots": 0}, "slots must be an int >= 1 or None, got 0"),
-        ({"max_pool_bytes": -1}, "max_pool_bytes must be a positive int or None, got -1"),
+        ({"max_pool_bytes": -1}, "max_pool_bytes must be an int >= 1 or None, got -1"),
         ({"copy_threads": 0}, "copy_threads must be an int >= 1 or None, got 0"),
         ({"device": "nope"}, "device='nope'"),
     ],

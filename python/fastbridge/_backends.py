@@ -7,6 +7,7 @@ baseline), so JAX's per-leaf import cost never lands on the consumer.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import jax
@@ -16,9 +17,8 @@ import numpy as np
 from ._leaves import (
     _DL_BFLOAT,
     COPY,
-    Flat,
+    DtypePolicy,
     Flattener,
-    LeafSpec,
     _is_opaque,
     checked_narrow,
     overflow_error,
@@ -33,86 +33,136 @@ def _align(offset: int) -> int:
     return -(-offset // LEAF_ALIGN) * LEAF_ALIGN
 
 
-def layout(flat: Flat) -> tuple[list[int], int]:
-    """64-byte-aligned offsets of the array leaves inside a slot, and the bytes needed."""
-    offsets, end = [], 0
-    for spec, leaf in zip(flat.specs, flat.leaves, strict=True):
-        if spec.passthrough:
-            offsets.append(-1)
-            continue
-        start = _align(end)
-        offsets.append(start)
-        end = start + leaf.size * spec.target_dtype.itemsize
-    return offsets, end
+def _as_bytes(leaf: np.ndarray) -> np.ndarray:
+    # Leaves travel into slots as bytes: some dtypes (bfloat16) have no buffer-protocol format.
+    return leaf.reshape(-1).view(np.uint8)
 
 
-class Importer:
-    """Turns DLPack exporters on host memory into ``jax.Array`` on the target device."""
+class Placement:
+    """Where a leaf's arrays go: one device, or the shards of a ``jax.sharding.Sharding``."""
 
-    def __init__(self, device: jax.Device) -> None:
+    def __init__(self, device: jax.Device, sharding: jax.sharding.Sharding | None) -> None:
         self.device = device
-        self.on_cpu = device.platform == "cpu"
+        self.sharding = sharding
 
-    def __call__(self, exporter: Any) -> jax.Array:
-        if self.on_cpu:
-            return jax.dlpack.from_dlpack(exporter, device=self.device, copy=False)
-        # Host (ideally pinned) memory first, then an asynchronous transfer to the device.
-        return jax.device_put(jax.dlpack.from_dlpack(exporter), self.device)
+    def row_blocks(self, shape: tuple[int, ...]) -> list[tuple[int, int, list[jax.Device]]]:
+        """Row ranges of a leaf and the devices holding each, when the sharding splits only the
+        leading (batch) axis; one block for the whole leaf otherwise."""
+        if self.sharding is None or not shape:
+            return [(0, shape[0] if shape else 0, [self.device])]
+        blocks: dict[tuple[int, int], list[jax.Device]] = {}
+        for device, index in self.sharding.addressable_devices_indices_map(shape).items():
+            rows = index[0] if index else slice(None)
+            rest = zip(index[1:], shape[1:], strict=False)
+            if any(s != slice(None) and s != slice(0, n) for s, n in rest):
+                return []  # sharded beyond the batch axis: no aliasing layout
+            start, stop, _ = rows.indices(shape[0])
+            blocks.setdefault((start, stop), []).append(device)
+        return [(start, stop, devices) for (start, stop), devices in sorted(blocks.items())]
+
+    def place(self, arrays: list[jax.Array]) -> list[jax.Array]:
+        """Put whole host arrays where they belong (copies when a device or sharding needs it)."""
+        target = self.sharding if self.sharding is not None else self.device
+        return jax.device_put(arrays, target)  # type: ignore[no-any-return]
 
 
 class SlotConverter:
-    """Copy a batch into a ring slot (Rust or NumPy) and import every leaf without a copy."""
+    """Copy a batch into a ring slot (Rust or NumPy) and import every leaf without a copy.
 
-    def __init__(self, ring: Any, device: jax.Device, *, x64: bool) -> None:
+    With a sharding that splits the batch axis, each shard's rows get their own 64-byte-aligned
+    block in the slot, so every device's shard aliases the slot on CPU.
+    """
+
+    def __init__(
+        self,
+        ring: Any,
+        placement: Placement,
+        *,
+        x64: bool,
+        dtypes: DtypePolicy = "canonical",
+    ) -> None:
         self.ring = ring
-        self.flatten = Flattener(x64=x64)
-        self.importer = Importer(device)
-        self.numpy_ring = not hasattr(ring, "__module__") or "_numpy_ring" in type(ring).__module__
+        self.placement = placement
+        self.flatten = Flattener(x64=x64, dtypes=dtypes)
+        self.numpy_ring = "_numpy_ring" in type(ring).__module__
+        self.on_cpu = placement.device.platform == "cpu"
         self.acquire_seconds = 0.0
         self.slot_ranges: dict[int, int] = {}
 
-    def __call__(self, item: Any, index: int) -> tuple[Any, int]:
-        import time
+    def _import(self, exporter: Any, device: jax.Device, bfloat: bool) -> jax.Array:
+        if self.on_cpu and (not device.local_hardware_id or not self.numpy_ring):
+            array = jax.dlpack.from_dlpack(exporter, device=device, copy=False)
+        elif self.on_cpu:  # NumPy views always say CPU device 0: JAX copies to the others
+            array = jax.dlpack.from_dlpack(exporter, device=device)
+        else:
+            # Host (ideally pinned) memory first, then an asynchronous transfer to the device.
+            array = jax.device_put(jax.dlpack.from_dlpack(exporter), device)
+        if bfloat and self.numpy_ring:  # NumPy exports bfloat16 as uint16
+            array = jax.lax.bitcast_convert_type(array, jnp.bfloat16)
+        return array  # type: ignore[no-any-return]
 
+    def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         flat = self.flatten(item, index)
-        offsets, total = layout(flat)
+        # Plan: (leaf index, row start, row stop, devices, offset) per block.
+        plan: list[tuple[int, int, int, list[jax.Device], int]] = []
+        end = 0
+        fallback: set[int] = set()
+        for i, (spec, leaf) in enumerate(zip(flat.specs, flat.leaves, strict=True)):
+            if spec.passthrough:
+                continue
+            blocks = self.placement.row_blocks(leaf.shape)
+            if not blocks:
+                fallback.add(i)
+                blocks = [(0, leaf.shape[0] if leaf.ndim else 0, [self.placement.device])]
+            row_bytes = leaf[0:1].size * spec.target_dtype.itemsize if leaf.ndim else 0
+            for start, stop, devices in blocks:
+                offset = _align(end)
+                nbytes = (stop - start) * row_bytes if leaf.ndim else spec.target_dtype.itemsize
+                plan.append((i, start, stop, devices, offset))
+                end = offset + nbytes
         started = time.perf_counter()
-        slot = self.ring.acquire(total)
+        slot = self.ring.acquire(end)
         self.acquire_seconds += time.perf_counter() - started
         try:
             self.slot_ranges[slot.address] = slot.capacity
-            # COPY leaves travel as bytes: some dtypes (bfloat16) have no buffer-protocol format.
-            work = [
-                (_as_bytes(leaf) if spec.conversion == COPY else leaf, offset, spec.conversion)
-                for leaf, offset, spec in zip(flat.leaves, offsets, flat.specs, strict=True)
-                if not spec.passthrough
-            ]
+            work = []
+            for i, start, stop, _, offset in plan:
+                leaf, spec = flat.leaves[i], flat.specs[i]
+                part = leaf[start:stop] if leaf.ndim else leaf
+                source = _as_bytes(part) if spec.fill_code == COPY else part.reshape(-1)
+                work.append((source, offset, spec.fill_code))
             try:
                 slot.fill(work)
             except OverflowError as error:
-                leaf_index, value = error.args
-                array_specs = [s for s in flat.specs if not s.passthrough]
-                raise overflow_error(array_specs[leaf_index], value) from None
-            out: list[Any] = []
+                block, value = error.args
+                raise overflow_error(flat.specs[plan[block][0]], value) from None
+            out: list[Any] = list(flat.leaves)
+            shards: dict[int, list[jax.Array]] = {}
             nbytes = 0
-            for leaf, offset, spec in zip(flat.leaves, offsets, flat.specs, strict=True):
-                if spec.passthrough:
-                    out.append(leaf)
-                    continue
+            for i, start, stop, devices, offset in plan:
+                leaf, spec = flat.leaves[i], flat.specs[i]
                 code, bits = spec.dlpack
-                exporter = slot.export(offset, list(leaf.shape), code, bits)
-                array = self.importer(exporter)
-                if self.numpy_ring and code == _DL_BFLOAT:
-                    array = jax.lax.bitcast_convert_type(array, jnp.bfloat16)
-                out.append(array)
+                shape = [stop - start, *leaf.shape[1:]] if leaf.ndim else []
+                bfloat = code == _DL_BFLOAT
+                for device in devices:
+                    # The DLPack device id must name the CPU device the shard lands on.
+                    hardware_id = device.local_hardware_id if self.on_cpu else 0
+                    exporter = slot.export(offset, shape, code, bits, hardware_id or 0)
+                    shards.setdefault(i, []).append(self._import(exporter, device, bfloat))
+            for i, arrays in shards.items():
+                spec, leaf = flat.specs[i], flat.leaves[i]
+                if self.placement.sharding is None:
+                    out[i] = arrays[0]
+                elif i in fallback:
+                    out[i] = self.placement.place(arrays)[0]
+                else:
+                    out[i] = jax.make_array_from_single_device_arrays(
+                        leaf.shape, self.placement.sharding, arrays
+                    )
                 nbytes += leaf.size * spec.target_dtype.itemsize
         finally:
             slot.release()
         return jax.tree_util.tree_unflatten(flat.treedef, out), nbytes
-
-
-def _as_bytes(leaf: np.ndarray) -> np.ndarray:
-    return leaf.reshape(-1).view(np.uint8)
 
 
 def _tf() -> Any:
@@ -123,11 +173,12 @@ class DirectConverter:
     """No ring: hand the source's own buffers to JAX (DLPack from TensorFlow's EagerTensors,
     ``device_put`` of NumPy arrays, which aliases 64-byte-aligned memory on CPU)."""
 
-    def __init__(self, device: jax.Device, *, x64: bool) -> None:
-        self.device = device
-        self.x64 = x64
-        self.flatten = Flattener(x64=x64)
-        self._tensor_specs: list[LeafSpec] | None = None
+    def __init__(
+        self, placement: Placement, *, x64: bool, dtypes: DtypePolicy = "canonical"
+    ) -> None:
+        self.placement = placement
+        self.flatten = Flattener(x64=x64, dtypes=dtypes)
+        self._checked = False
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         tf = _tf()
@@ -136,28 +187,31 @@ class DirectConverter:
         flat = self.flatten(item, index)
         out: list[Any] = list(flat.leaves)
         todo = [i for i, spec in enumerate(flat.specs) if not spec.passthrough]
-        arrays = []
-        for i in todo:
-            spec, leaf = flat.specs[i], flat.leaves[i]
-            arrays.append(leaf if spec.conversion == COPY else checked_narrow(leaf, spec))
-        placed = jax.device_put(arrays, self.device)
+        arrays = [checked_narrow(flat.leaves[i], flat.specs[i]) for i in todo]
         nbytes = 0
-        for i, array in zip(todo, placed, strict=True):
+        for i, array in zip(todo, self.placement.place(arrays), strict=True):
             out[i] = array
             nbytes += array.nbytes
         return jax.tree_util.tree_unflatten(flat.treedef, out), nbytes
 
     def _from_tensors(self, item: Any, index: int, tf: Any) -> tuple[Any, int]:
         pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=_is_opaque)
-        if self._tensor_specs is None:
-            # Check structure and dtypes once, on NumPy views of the first batch.
+        if not self._checked or treedef != self.flatten._treedef:
+            # Check structure and dtypes on NumPy views (no copy) of the first batch, and of any
+            # batch whose structure differs (to raise the same message as NumPy sources).
             self.flatten(jax.tree_util.tree_map(_to_numpy, item, is_leaf=_is_opaque), index)
+            self._checked = True
+        specs = self.flatten._specs
         out: list[Any] = []
-        nbytes = 0
-        for path, leaf in pairs:
+        to_place: list[tuple[int, Any]] = []
+        for (path, leaf), spec in zip(pairs, specs, strict=True):
             name = path_name(path)
-            if isinstance(leaf, tf.Tensor) and leaf.dtype == tf.string:
-                out.append(leaf.numpy())
+            if spec.passthrough:
+                out.append(leaf.numpy() if isinstance(leaf, tf.Tensor) else leaf)
+                continue
+            if isinstance(leaf, np.ndarray):
+                to_place.append((len(out), checked_narrow(leaf, spec)))
+                out.append(None)
                 continue
             if not isinstance(leaf, tf.Tensor):
                 raise UnsupportedLeafError(
@@ -165,18 +219,19 @@ class DirectConverter:
                     "no dense layout; convert them first (e.g. .to_tensor())",
                     name,
                 )
-            dtype = np.dtype(leaf.dtype.as_numpy_dtype)
-            if not self.x64 and dtype in (np.int64, np.uint64, np.float64, np.complex128):
-                spec = self.flatten._specs[len(out)]
-                array = jax.device_put(checked_narrow(leaf.numpy(), spec), self.device)
+            if spec.conversion != COPY:
+                to_place.append((len(out), checked_narrow(leaf.numpy(), spec)))
+                out.append(None)
+            elif self.placement.sharding is None:
+                out.append(jax.dlpack.from_dlpack(leaf, device=self.placement.device))
             else:
-                array = jax.dlpack.from_dlpack(leaf, device=self.device)
-            out.append(array)
-            nbytes += array.nbytes
-        if treedef != self.flatten._treedef:
-            # Same message as for NumPy sources.
-            self.flatten(jax.tree_util.tree_map(_to_numpy, item, is_leaf=_is_opaque), index)
-        self._tensor_specs = self.flatten._specs
+                to_place.append((len(out), jax.dlpack.from_dlpack(leaf)))
+                out.append(None)
+        if to_place:
+            placed = self.placement.place([array for _, array in to_place])
+            for (i, _), array in zip(to_place, placed, strict=True):
+                out[i] = array
+        nbytes = sum(a.nbytes for a in out if isinstance(a, jax.Array))
         return jax.tree_util.tree_unflatten(treedef, out), nbytes
 
 
@@ -192,9 +247,11 @@ def _has_tensors(item: Any, tf: Any) -> bool:
 class CopyConverter:
     """The tutorial baseline: ``jnp.array`` of every leaf, on the consumer thread."""
 
-    def __init__(self, device: jax.Device, *, x64: bool) -> None:
-        self.device = device
-        self.flatten = Flattener(x64=x64)
+    def __init__(
+        self, placement: Placement, *, x64: bool, dtypes: DtypePolicy = "canonical"
+    ) -> None:
+        self.placement = placement
+        self.flatten = Flattener(x64=x64, dtypes=dtypes)
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         flat = self.flatten(item, index)
@@ -204,8 +261,9 @@ class CopyConverter:
             if spec.passthrough:
                 out.append(leaf)
                 continue
-            source = leaf if spec.conversion == COPY else checked_narrow(leaf, spec)
-            array = jnp.array(source, device=self.device)
+            array = jnp.array(checked_narrow(leaf, spec), device=self.placement.device)
+            if self.placement.sharding is not None:
+                array = jax.device_put(array, self.placement.sharding)
             out.append(array)
             nbytes += array.nbytes
         return jax.tree_util.tree_unflatten(flat.treedef, out), nbytes

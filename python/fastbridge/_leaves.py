@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -13,6 +13,9 @@ from .errors import LeafOverflowError, StructureChangedError, UnsupportedLeafErr
 
 # Conversion codes understood by the Rust core (``Slot.fill``) and mirrored by the NumPy ring.
 COPY, F64_TO_F32, I64_TO_I32, U64_TO_U32, C128_TO_C64 = range(5)
+# Any other per-leaf conversion asked for with ``dtypes=``: NumPy casts on the producer thread,
+# then the cast array is copied as is.
+CAST = -1
 
 # DLPack type codes (dlpack.h).
 _DL_INT, _DL_UINT, _DL_FLOAT, _DL_BFLOAT, _DL_COMPLEX, _DL_BOOL = 0, 1, 2, 4, 5, 6
@@ -62,6 +65,11 @@ class LeafSpec:
     conversion: int
     dlpack: tuple[int, int]
 
+    @property
+    def fill_code(self) -> int:
+        """Conversion code for the slot fill (casts already happened on the producer)."""
+        return COPY if self.conversion == CAST else self.conversion
+
 
 def _is_string_array(x: np.ndarray) -> bool:
     if x.dtype.kind in "SU":
@@ -71,7 +79,33 @@ def _is_string_array(x: np.ndarray) -> bool:
     return False
 
 
-def _spec(path: str, leaf: np.ndarray, x64: bool) -> LeafSpec:
+DtypePolicy = str | Mapping[str, Any]
+
+
+def check_policy(dtypes: Any, x64: bool) -> None:
+    """Validate the ``dtypes=`` option early, with a message that names the value."""
+    if isinstance(dtypes, str):
+        if dtypes not in ("canonical", "keep"):
+            raise ValueError(
+                f"dtypes must be 'canonical', 'keep' or a mapping of leaf path to dtype, "
+                f"got {dtypes!r}"
+            )
+        if dtypes == "keep" and not x64:
+            raise ValueError(
+                "dtypes='keep' keeps 64-bit leaves, which JAX only represents with x64 on: "
+                "call jax.config.update('jax_enable_x64', True) first"
+            )
+        return
+    if not isinstance(dtypes, Mapping):
+        raise TypeError(f"dtypes must be a str or a mapping, got {type(dtypes).__name__}")
+    for path, dtype in dtypes.items():
+        try:
+            np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtypes[{path!r}] = {dtype!r} is not a NumPy dtype") from None
+
+
+def _spec(path: str, leaf: np.ndarray, x64: bool, dtypes: DtypePolicy = "canonical") -> LeafSpec:
     dtype = leaf.dtype
     if _is_string_array(leaf):
         return LeafSpec(path, True, dtype, dtype, COPY, (0, 0))
@@ -83,7 +117,14 @@ def _spec(path: str, leaf: np.ndarray, x64: bool) -> LeafSpec:
         )
     native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
     target, conversion = native, COPY
-    if not x64 and native in _NARROWING:
+    if isinstance(dtypes, Mapping) and path in dtypes:
+        target = np.dtype(dtypes[path])
+        if target != native:
+            narrowing = _NARROWING.get(native)
+            conversion = narrowing[1] if narrowing and narrowing[0] == target else CAST
+        if target.itemsize == 8 and target.kind in "iuf" and not x64:
+            raise ValueError(f"dtypes[{path!r}] = {target} needs JAX's x64 mode, which is off")
+    elif dtypes != "keep" and not x64 and native in _NARROWING:
         target, conversion = _NARROWING[native]
     code = dlpack_type(target)
     if code is None:
@@ -136,8 +177,9 @@ class Flat:
 class Flattener:
     """Flattens batches and checks each one against the first batch's structure and dtypes."""
 
-    def __init__(self, *, x64: bool) -> None:
+    def __init__(self, *, x64: bool, dtypes: DtypePolicy = "canonical") -> None:
         self.x64 = x64
+        self.dtypes = dtypes
         self._treedef: Any = None
         self._paths: list[str] = []
         self._specs: list[LeafSpec] = []
@@ -148,7 +190,16 @@ class Flattener:
         leaves = [as_array(leaf, name) for name, (_, leaf) in zip(paths, pairs, strict=True)]
         if self._treedef is None:
             self._treedef, self._paths = treedef, paths
-            self._specs = [_spec(n, a, self.x64) for n, a in zip(paths, leaves, strict=True)]
+            self._specs = [
+                _spec(n, a, self.x64, self.dtypes) for n, a in zip(paths, leaves, strict=True)
+            ]
+            if isinstance(self.dtypes, Mapping):
+                unknown = sorted(set(self.dtypes) - set(paths))
+                if unknown:
+                    raise ValueError(
+                        f"dtypes names leaves that the batches do not have: {', '.join(unknown)}; "
+                        f"leaves are {', '.join(paths)}"
+                    )
         elif treedef != self._treedef:
             raise StructureChangedError(self._describe_change(paths, treedef, index))
         else:
@@ -160,6 +211,9 @@ class Flattener:
                         f"leaf {spec.path} changed dtype from {spec.source_dtype} to "
                         f"{arr.dtype} at batch {index}"
                     )
+        for i, spec in enumerate(self._specs):
+            if spec.conversion == CAST:
+                leaves[i] = leaves[i].astype(spec.target_dtype)
         return Flat(self._treedef, leaves, self._specs)
 
     def _describe_change(self, paths: list[str], treedef: Any, index: int) -> str:
@@ -186,6 +240,8 @@ def overflow_error(spec: LeafSpec, value: str) -> LeafOverflowError:
 
 def checked_narrow(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
     """NumPy version of the core's narrowing conversion: never wraps integers."""
+    if spec.conversion in (COPY, CAST):
+        return arr
     if spec.conversion in (I64_TO_I32, U64_TO_U32) and arr.size:
         info = np.iinfo(spec.target_dtype)
         lo, hi = arr.min(), arr.max()

@@ -105,7 +105,10 @@ class NumpySlot:
             copied += nbytes
         self._ring._count_fill(copied, time.perf_counter() - started)
 
-    def export(self, offset: int, shape: list[int], code: int, bits: int) -> np.ndarray:
+    def export(
+        self, offset: int, shape: list[int], code: int, bits: int, device_id: int = 0
+    ) -> np.ndarray:
+        del device_id  # NumPy arrays always report CPU device 0
         slot = self._get()
         dtype = np.dtype(_DLPACK_DTYPES[(code, bits)])
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

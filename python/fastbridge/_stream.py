@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import threading
 import time
 import weakref
@@ -13,8 +12,12 @@ from typing import Any, Generic, Literal, TypeVar
 
 import jax
 
-from ._backends import CopyConverter, DirectConverter, SlotConverter
+from ._backends import CopyConverter, DirectConverter, Placement, SlotConverter
+from ._leaves import DtypePolicy, check_policy
 from ._numpy_ring import NumpyRing
+from ._padding import Padder
+from ._progress import ProgressBar, summary
+from ._state import STATE_VERSION, is_tf_dataset, restore, validate
 from .errors import SourceError, StreamClosedError
 
 try:
@@ -69,11 +72,6 @@ class StreamStats:
         return self.wait_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
 
 
-def _is_tf_dataset(source: Any) -> bool:
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and isinstance(source, tf.data.Dataset)
-
-
 def _resolve_device(device: jax.Device | str | None) -> jax.Device:
     if device is None:
         return jax.devices()[0]
@@ -111,11 +109,27 @@ class _Pipeline:
     """State shared by the consumer and the producer thread. The thread references this, not
     the ``Stream``, so an abandoned stream can be garbage-collected (which closes it)."""
 
-    def __init__(self, backend: str, ring: Any, converter: Any, *, x64: bool = False) -> None:
+    def __init__(
+        self,
+        backend: str,
+        ring: Any,
+        converter: Any,
+        iterator: Iterator[Any],
+        *,
+        state_source: Any = None,
+        first_index: int = 0,
+        padder: Padder | None = None,
+        x64: bool = False,
+    ) -> None:
+        self.padder = padder
         self.backend = backend
         self.x64 = x64
         self.ring = ring
         self.converter = converter
+        self.iterator = iterator
+        # The iterator whose get_state() describes the position (inside any padding wrapper).
+        self.state_source = state_source if hasattr(state_source, "get_state") else None
+        self.index = first_index
         self.closed = threading.Event()
         self.thread: threading.Thread | None = None
         self.source_seconds = 0.0
@@ -123,45 +137,46 @@ class _Pipeline:
         self.pid = os.getpid()
         self.final_ring_stats: dict[str, Any] | None = None
 
-    def produce(self, iterator: Iterator[Any]) -> None:
+    def step(self) -> tuple[int, Any]:
+        """Read and prepare one batch: ``(_BATCH, (batch, nbytes, source_state))``,
+        ``(_END, None)`` or ``(_ERROR, exception)``. Errors keep their position."""
+        index = self.index
+        started = time.perf_counter()
+        try:
+            item = next(self.iterator)
+        except StopIteration:
+            return (_END, None)
+        except Exception as error:
+            failure = SourceError(
+                f"the source raised {type(error).__name__} at batch {index}: {error}", index
+            )
+            failure.__cause__ = error
+            return (_ERROR, failure)
+        source_state = self.state_source.get_state() if self.state_source is not None else None
+        read = time.perf_counter()
+        self.source_seconds += read - started
+        if self.padder is not None:
+            item = self.padder(item)
+        batch, nbytes = self.converter(item, index)
+        self.convert_seconds += time.perf_counter() - read
+        self.index += 1
+        return (_BATCH, (batch, nbytes, source_state))
+
+    def produce(self) -> None:
         # JAX's x64 switch can be thread-local (``with jax.enable_x64():``); the producer
         # imports arrays, so it must see the consumer's setting from when the stream was made.
         with jax.enable_x64(self.x64):
-            self._produce(iterator)
-
-    def _produce(self, iterator: Iterator[Any]) -> None:
-        ring, convert = self.ring, self.converter
-        index = 0
-        try:
-            while not self.closed.is_set():
-                started = time.perf_counter()
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    ring.publish((_END, None))
-                    return
-                except Exception as error:
-                    failure = SourceError(
-                        f"the source raised {type(error).__name__} at batch {index}: {error}",
-                        index,
-                    )
-                    failure.__cause__ = error
-                    ring.publish((_ERROR, failure))
-                    return
-                read = time.perf_counter()
-                self.source_seconds += read - started
-                batch = convert(item, index)
-                del item
-                self.convert_seconds += time.perf_counter() - read
-                if not ring.publish((_BATCH, batch)):
-                    return
-                del batch
-                index += 1
-        except StreamClosedError:
-            return
-        except BaseException as error:  # delivered in order, after every good batch
-            if not self.closed.is_set():
-                ring.publish((_ERROR, error))
+            try:
+                while not self.closed.is_set():
+                    entry = self.step()
+                    if not self.ring.publish(entry) or entry[0] != _BATCH:
+                        return
+                    del entry
+            except StreamClosedError:
+                return
+            except BaseException as error:  # delivered in order, after every good batch
+                if not self.closed.is_set():
+                    self.ring.publish((_ERROR, error))
 
     def close(self) -> None:
         if self.closed.is_set():
@@ -192,43 +207,72 @@ class Stream(Iterator[T], Generic[T]):
         backend: Backend = "auto",
         prefetch: int = 4,
         device: jax.Device | str | None = None,
+        sharding: jax.sharding.Sharding | None = None,
+        pad_last: bool = False,
+        batch_size: int | None = None,
+        dtypes: DtypePolicy = "canonical",
+        state: dict[str, Any] | None = None,
+        service: str | None = None,
+        progress: bool = False,
         max_pool_bytes: int | None = None,
         slots: int | None = None,
         pin_memory: bool = True,
         copy_threads: int | None = None,
     ) -> None:
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
-        if slots is not None and (not isinstance(slots, int) or slots < 1):
-            raise ValueError(f"slots must be an int >= 1 or None, got {slots!r}")
-        if max_pool_bytes is not None and (
-            not isinstance(max_pool_bytes, int) or max_pool_bytes <= 0
-        ):
-            raise ValueError(
-                f"max_pool_bytes must be a positive int or None, got {max_pool_bytes!r}"
-            )
-        if copy_threads is not None and (not isinstance(copy_threads, int) or copy_threads < 1):
-            raise ValueError(f"copy_threads must be an int >= 1 or None, got {copy_threads!r}")
+        _check_int("prefetch", prefetch, minimum=1)
+        _check_int("slots", slots, minimum=1, optional=True)
+        _check_int("max_pool_bytes", max_pool_bytes, minimum=1, optional=True)
+        _check_int("copy_threads", copy_threads, minimum=1, optional=True)
+        _check_int("batch_size", batch_size, minimum=1, optional=True)
         if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
             raise TypeError(
                 f"source must be a tf.data.Dataset or an iterable of NumPy pytrees, "
                 f"got {type(source).__name__}"
             )
+        if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+            raise TypeError(f"sharding must be a jax.sharding.Sharding, got {sharding!r}")
+        if batch_size is not None and not pad_last:
+            raise ValueError("batch_size= only applies with pad_last=True")
         self._device = _resolve_device(device)
+        if sharding is not None:
+            self._device = next(iter(sharding.addressable_devices))
         self._backend = _resolve_backend(backend, self._device)
         x64 = bool(jax.config.read("jax_enable_x64"))
-        tf_source = _is_tf_dataset(source)
+        check_policy(dtypes, x64)
+        tf_source = is_tf_dataset(source)
+        if service is not None:
+            if not tf_source:
+                raise TypeError("service= needs a tf.data.Dataset source")
+            from .service import distribute
+
+            source = distribute(source, service)
+        self._base_state = validate(state) if state is not None else None
         self._started = time.perf_counter()
         self._batches = 0
         self._bytes = 0
         self._wait = 0.0
         self._done = False
-        self._copy_converter: CopyConverter | None = None
+        self._source_state: Any = None
 
+        placement = Placement(self._device, sharding)
+        wants_numpy = self._backend in ("ring", "numpy", "copy")
+        iterator = restore(source, self._base_state, tf_source, numpy=wants_numpy)
+        state_source = iterator
+        if self._base_state is not None:
+            self._source_state = self._base_state.get("source")
+        elif hasattr(iterator, "get_state"):
+            self._source_state = iterator.get_state()
+        padder = Padder(batch_size) if pad_last else None
+        total = _known_length(source, tf_source)
+        self._progress = ProgressBar(total, self._backend) if progress else None
+
+        first = self._base_state["batches"] if self._base_state else 0
         if self._backend == "copy":
-            self._iterator = iter(source.as_numpy_iterator() if tf_source else source)  # type: ignore[attr-defined]
-            self._copy_converter = CopyConverter(self._device, x64=x64)
-            self._pipeline = _Pipeline("copy", None, None)
+            converter: Any = CopyConverter(placement, x64=x64, dtypes=dtypes)
+            self._pipeline = _Pipeline(
+                "copy", None, converter, iterator,
+                state_source=state_source, first_index=first, padder=padder, x64=x64,
+            )  # fmt: skip
             self._finalizer = weakref.finalize(self, self._pipeline.close)
             return
 
@@ -241,23 +285,21 @@ class Stream(Iterator[T], Generic[T]):
             cuda=pin_memory and self._device.platform == "gpu",
             copy_threads=threads,
         )
-        if self._backend == "ring":
-            ring: Any = _core.Ring(**ring_args)
-            converter: Any = SlotConverter(ring, self._device, x64=x64)
-            iterator = source.as_numpy_iterator() if tf_source else iter(source)  # type: ignore[attr-defined]
-        elif self._backend == "numpy":
-            ring = NumpyRing(**ring_args)  # type: ignore[arg-type]
-            converter = SlotConverter(ring, self._device, x64=x64)
-            iterator = source.as_numpy_iterator() if tf_source else iter(source)  # type: ignore[attr-defined]
+        if self._backend in ("ring", "numpy"):
+            ring: Any = (
+                _core.Ring(**ring_args) if self._backend == "ring" else NumpyRing(**ring_args)
+            )  # type: ignore[arg-type]
+            converter = SlotConverter(ring, placement, x64=x64, dtypes=dtypes)
         else:  # direct: the ready queue only, no slots
             ring = NumpyRing(prefetch=prefetch, slots=1)
-            converter = DirectConverter(self._device, x64=x64)
-            iterator = iter(source)
-        self._pipeline = _Pipeline(self._backend, ring, converter, x64=x64)
+            converter = DirectConverter(placement, x64=x64, dtypes=dtypes)
+        self._pipeline = _Pipeline(
+            self._backend, ring, converter, iterator,
+            state_source=state_source, first_index=first, padder=padder, x64=x64,
+        )  # fmt: skip
         self._finalizer = weakref.finalize(self, self._pipeline.close)
         thread = threading.Thread(
             target=self._pipeline.produce,
-            args=(iterator,),
             name=f"fastbridge-producer-{self._backend}",
             daemon=True,
         )
@@ -277,28 +319,11 @@ class Stream(Iterator[T], Generic[T]):
                 "and slots do not exist here: create a new stream in the child"
             )
         started = time.perf_counter()
-        if self._copy_converter is not None:
-            try:
-                try:
-                    item = next(self._iterator)
-                except StopIteration:
-                    self._done = True
-                    raise
-                except Exception as error:
-                    self._done = True
-                    raise SourceError(
-                        f"the source raised {type(error).__name__} at batch {self._batches}: "
-                        f"{error}",
-                        self._batches,
-                    ) from error
-                batch, nbytes = self._copy_converter(item, self._batches)
-            finally:
-                self._wait += time.perf_counter() - started
-            self._batches += 1
-            self._bytes += nbytes
-            return batch  # type: ignore[no-any-return]
         try:
-            entry = self._pipeline.ring.pop()
+            if self._pipeline.ring is None:  # copy: prepared right here, on the consumer
+                entry = self._pipeline.step()
+            else:
+                entry = self._pipeline.ring.pop()
         except StreamClosedError:
             self._done = True
             raise StopIteration from None
@@ -306,21 +331,37 @@ class Stream(Iterator[T], Generic[T]):
             self._wait += time.perf_counter() - started
         kind, payload = entry
         if kind == _BATCH:
-            batch, nbytes = payload
+            batch, nbytes, source_state = payload
             self._batches += 1
             self._bytes += nbytes
+            self._source_state = source_state
+            if self._progress is not None:
+                self._progress.update(self.stats)
             return batch  # type: ignore[no-any-return]
-        self._done = True
-        self._pipeline.close()
+        self.close()
         if kind == _END:
             raise StopIteration
         raise payload
+
+    # -- checkpointing -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """A JSON-serializable position: resume with ``stream(source, state=...)`` to get
+        exactly the batches after the last one this stream delivered (see ``_state``)."""
+        before = self._base_state["batches"] if self._base_state else 0
+        return {
+            "version": STATE_VERSION,
+            "batches": before + self._batches,
+            "source": self._source_state,
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the producer (within a second, even if it waits for a free slot) and free every
         slot that no batch holds. Idempotent; batches already delivered stay valid."""
         self._done = True
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
         self._finalizer()
 
     def __enter__(self) -> Stream[T]:
@@ -341,14 +382,14 @@ class Stream(Iterator[T], Generic[T]):
     @property
     def stats(self) -> StreamStats:
         ring = self._pipeline.ring
-        ring_stats: dict[str, Any] = self._pipeline.final_ring_stats or (
-            ring.stats() if ring is not None else {}
-        )
-        converter = self._pipeline.converter
-        acquire_wait = getattr(converter, "acquire_seconds", 0.0)
-        slots = ring_stats.get("slots", 0) if self._backend in ("ring", "numpy") else 0
+        slot_backend = self._backend in ("ring", "numpy")
+        ring_stats: dict[str, Any] = {}
+        if slot_backend:
+            ring_stats = self._pipeline.final_ring_stats or ring.stats()
+        acquire_wait = getattr(self._pipeline.converter, "acquire_seconds", 0.0)
+        slots = ring_stats.get("slots", 0)
         locked = ring_stats.get("locked_slots", 0) + ring_stats.get("cuda_slots", 0)
-        copied = ring_stats.get("bytes_copied", 0) if self._backend in ("ring", "numpy") else 0
+        copied = ring_stats.get("bytes_copied", 0)
         if self._backend == "copy":
             copied = self._bytes
         return StreamStats(
@@ -362,14 +403,36 @@ class Stream(Iterator[T], Generic[T]):
             bytes_copied=copied,
             pinned=slots > 0 and locked >= slots,
             slots=slots,
-            pool_bytes=ring_stats.get("pool_bytes", 0) if slots else 0,
-            pool_grown=ring_stats.get("pool_grown", 0) if slots else 0,
+            pool_bytes=ring_stats.get("pool_bytes", 0),
+            pool_grown=ring_stats.get("pool_grown", 0),
             elapsed_seconds=time.perf_counter() - self._started,
         )
+
+    def summary(self) -> str:
+        """One paragraph on throughput and whether the job is input-bound."""
+        return summary(self.stats)
 
     def __repr__(self) -> str:
         state = "closed" if self._done else "open"
         return f"<fastbridge.Stream backend={self._backend!r} device={self._device} {state}>"
+
+
+def _check_int(name: str, value: Any, *, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an int >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _known_length(source: Any, tf_source: bool) -> int | None:
+    if tf_source:
+        n = int(source.cardinality())
+        return n if n >= 0 else None
+    try:
+        return len(source)
+    except TypeError:
+        return None
 
 
 def stream(
@@ -378,6 +441,13 @@ def stream(
     backend: Backend = "auto",
     prefetch: int = 4,
     device: jax.Device | str | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+    pad_last: bool = False,
+    batch_size: int | None = None,
+    dtypes: DtypePolicy = "canonical",
+    state: dict[str, Any] | None = None,
+    service: str | None = None,
+    progress: bool = False,
     max_pool_bytes: int | None = None,
     slots: int | None = None,
     pin_memory: bool = True,
@@ -393,6 +463,19 @@ def stream(
         ``"direct"`` (the source's buffers, no copy), ``"copy"`` (``jnp.array``, baseline).
       prefetch: batches prepared ahead of the consumer (>= 1).
       device: target ``jax.Device`` or platform name; default ``jax.devices()[0]``.
+      sharding: a ``jax.sharding.Sharding`` (e.g. ``NamedSharding(mesh, P("data"))``): batches
+        become global arrays; on CPU each shard of the batch axis aliases its own slot block.
+      pad_last: pad a short last batch to full size and yield ``(batch, mask)`` pairs, where
+        ``mask`` is a bool array ``[batch_size]`` (``False`` on padding rows), for every batch,
+        so a jitted step never recompiles.
+      batch_size: the full batch size for ``pad_last`` (default: the first batch's rows).
+      dtypes: ``"canonical"`` (JAX's dtypes: 64-bit leaves narrowed, checked, when x64 is off),
+        ``"keep"`` (64-bit leaves stay 64-bit; needs x64), or ``{leaf path: dtype}`` such as
+        ``{"['image']": "float32"}``, converted on the producer thread.
+      state: a ``Stream.state()`` to resume from.
+      service: a tf.data service dispatcher (``"grpc://host:port"``): preprocessing runs on
+        its workers (``fastbridge.service.distribute``).
+      progress: show a progress bar with batches/s and input-wait % (needs tqdm).
       max_pool_bytes: cap on slot memory; growing past it raises ``PoolExhaustedError``.
       slots: slots allocated before the pool counts as grown (default ``prefetch + 2``).
       pin_memory: lock slot pages in RAM (and register them with CUDA on GPUs) when allowed.
@@ -411,6 +494,13 @@ def stream(
         backend=backend,
         prefetch=prefetch,
         device=device,
+        sharding=sharding,
+        pad_last=pad_last,
+        batch_size=batch_size,
+        dtypes=dtypes,
+        state=state,
+        service=service,
+        progress=progress,
         max_pool_bytes=max_pool_bytes,
         slots=slots,
         pin_memory=pin_memory,

@@ -1,0 +1,71 @@
+"""Live progress (``stream(..., progress=True)``) and the human-readable ``Stream.summary()``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class ProgressBar:
+    """A tqdm bar showing batches/s and the share of time the consumer waited for input."""
+
+    REFRESH_SECONDS = 0.5
+
+    def __init__(self, total: int | None, backend: str) -> None:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise ImportError(
+                "progress=True needs tqdm: pip install 'fastbridge[progress]'"
+            ) from None
+        self._bar = tqdm(total=total, unit="batch", desc=f"fastbridge[{backend}]")
+        self._last = 0.0
+
+    def update(self, stats: Any) -> None:
+        self._bar.update(1)
+        now = time.monotonic()
+        if now - self._last >= self.REFRESH_SECONDS:
+            self._last = now
+            self._bar.set_postfix(
+                {
+                    "GB/s": f"{stats.gigabytes_per_second:.2f}",
+                    "input-wait": f"{100 * stats.input_bound_fraction:.0f}%",
+                },
+                refresh=False,
+            )
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def summary(stats: Any) -> str:
+    """One paragraph: throughput, where the time went, and whether the job is input-bound."""
+    if stats.batches == 0:
+        return f"fastbridge ({stats.backend}): no batches delivered yet."
+    wait = stats.input_bound_fraction
+    if wait > 0.2:
+        verdict = (
+            f"The job is input-bound: the training loop waited for input {100 * wait:.0f}% of "
+            "the time; add preprocessing parallelism (num_parallel_calls, tf.data service) or "
+            "prefetch more."
+        )
+    else:
+        verdict = (
+            f"The job is not input-bound: the loop waited for input only {100 * wait:.1f}% of "
+            "the time."
+        )
+    pool = ""
+    if stats.slots:
+        pinned = "pinned" if stats.pinned else "not pinned"
+        pool = (
+            f" The ring used {stats.slots} slots ({stats.pool_bytes / 2**20:.1f} MiB, {pinned}"
+            + (f", grown {stats.pool_grown} times" if stats.pool_grown else "")
+            + f") and copied {stats.bytes_copied / 2**30:.2f} GiB."
+        )
+    return (
+        f"fastbridge ({stats.backend}): {stats.batches} batches, "
+        f"{stats.bytes / 2**30:.2f} GiB in {stats.elapsed_seconds:.1f} s "
+        f"({stats.batches_per_second:.1f} batches/s, {stats.gigabytes_per_second:.2f} GB/s); "
+        f"the consumer waited {stats.wait_seconds:.2f} s in next() and the producer was busy "
+        f"{stats.producer_busy_seconds:.2f} s.{pool} {verdict}"
+    )
