@@ -526,8 +526,23 @@ pub fn copy_into(
         return Err(PyValueError::new_err("source is not C-contiguous"));
     }
     let (src_unit, dst_unit) = conversion.unit();
+    if source_buffer.len_bytes() % src_unit != 0 {
+        return Err(PyValueError::new_err(format!(
+            "conversion {conversion:?} reads {src_unit}-byte items, but the source has {} bytes",
+            source_buffer.len_bytes()
+        )));
+    }
     let written = source_buffer.len_bytes() / src_unit * dst_unit;
     let capacity = dest_buffer.len_bytes();
+    let (src_start, dst_start) = (
+        source_buffer.buf_ptr() as usize,
+        dest_buffer.buf_ptr() as usize,
+    );
+    let overlap =
+        src_start < dst_start + capacity && dst_start < src_start + source_buffer.len_bytes();
+    if overlap && written > 0 && source_buffer.len_bytes() > 0 {
+        return Err(PyValueError::new_err("source and dest overlap in memory"));
+    }
     if offset.checked_add(written).is_none_or(|end| end > capacity) {
         return Err(PyValueError::new_err(format!(
             "{written} bytes at offset {offset} do not fit the {capacity}-byte destination"

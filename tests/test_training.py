@@ -162,7 +162,7 @@ def test_state_resumes_exactly_in_a_new_process(backend, kind, tmp_path):
 
 
 def test_bad_state_is_rejected():
-    with pytest.raises(ValueError, match="state must be a dict made by Stream.state"):
+    with pytest.raises(ValueError, match=r"state must be a dict made by Stream\.state"):
         stream([np.zeros(1)], state={"batches": 3})
 
 
@@ -187,7 +187,7 @@ def test_dtype_policy():
         (b,) = list(s)
     assert b["d"].dtype == jnp.float32 and b["i"].dtype == jnp.float16
     np.testing.assert_array_equal(np.asarray(b["i"]), [0, 1, 2])
-    with pytest.raises(ValueError, match="dtypes='keep'.*x64"):
+    with pytest.raises(ValueError, match=r"dtypes='keep'.*x64"):
         stream(items, dtypes="keep")
     with pytest.raises(ValueError, match="dtypes must be 'canonical', 'keep' or a mapping"):
         stream(items, dtypes="wide")

@@ -12,9 +12,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._stream import BACKENDS, Backend, Stream, StreamStats, core_available, stream
+from .convert import from_numpy, load_memmap, map_numpy, to_numpy
 from .errors import (
+    ConversionError,
     FastbridgeError,
     LeafOverflowError,
+    MemmapPathError,
     PoolExhaustedError,
     SourceError,
     StreamClosedError,
@@ -30,8 +33,10 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "BACKENDS",
     "Backend",
+    "ConversionError",
     "FastbridgeError",
     "LeafOverflowError",
+    "MemmapPathError",
     "PoolExhaustedError",
     "SourceError",
     "Stream",
@@ -41,5 +46,9 @@ __all__ = [
     "UnsupportedLeafError",
     "__version__",
     "core_available",
+    "from_numpy",
+    "load_memmap",
+    "map_numpy",
     "stream",
+    "to_numpy",
 ]

@@ -66,9 +66,21 @@ class StructureChangedError(FastbridgeError, ValueError):
     """
 
 
+class ConversionError(FastbridgeError, ValueError):
+    """An input cannot be converted: infinite cardinality, mismatched leading dimensions,
+    a ``dtype=`` that names an unknown leaf or asks for an unsafe cast, ..."""
+
+
+class MemmapPathError(FastbridgeError, OSError):
+    """``to_numpy(memmap=PATH)`` cannot write to ``PATH`` (not writable, not a directory, or a
+    non-empty directory that was not written by ``to_numpy``)."""
+
+
 __all__ = [
+    "ConversionError",
     "FastbridgeError",
     "LeafOverflowError",
+    "MemmapPathError",
     "PoolExhaustedError",
     "SourceError",
     "StreamClosedError",
