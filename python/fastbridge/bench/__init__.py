@@ -1,0 +1,17 @@
+"""The copy-versus-zero-copy benchmark: ``python -m fastbridge.bench --help``.
+
+Submodules: ``paths`` (the nine ways to hand a batch to JAX), ``scenarios`` (datasets, the
+jitted step, measurement loops), ``report`` (summaries, targets, tables, Markdown), ``plots``
+and ``cli``. Importing this package imports neither TensorFlow nor matplotlib.
+"""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark with command-line ``argv``; returns the exit code."""
+    from .cli import main as _main
+
+    return _main(argv)

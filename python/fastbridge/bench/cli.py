@@ -1,0 +1,494 @@
+"""``python -m fastbridge.bench``: copy versus zero-copy, every path side by side."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+QUICK = {
+    "sizes": "64K,1M,16M,64M",
+    "layouts": "f32,dict",
+    "repeats": 3,
+    "batches": 6,
+    "warmup": 2,
+    "throughput_sizes": "1M,64M",
+    "throughput_layouts": "f32",
+    "throughput_batches": 6,
+    "copy_sizes": "64M",
+    "e2e_steps": 15,
+    "e2e_repeats": 2,
+    "e2e_batch": 128,
+    "memory_batches": 300,
+}
+FULL = {
+    "sizes": "64K,1M,16M,64M",
+    "layouts": "f32,dict",
+    "repeats": 5,
+    "batches": 30,
+    "warmup": 3,
+    "throughput_sizes": "64K,1M,16M,64M,256M",
+    "throughput_layouts": "f32,dict",
+    "throughput_batches": 40,
+    "copy_sizes": "16M,64M,256M",
+    "e2e_steps": 100,
+    "e2e_repeats": 3,
+    "e2e_batch": 256,
+    "memory_batches": 10_000,
+}
+SCENARIOS = ("handoff", "throughput", "e2e", "memory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastbridge.bench",
+        description=(
+            "Measure every way of handing tf.data batches to JAX side by side, on a built-in "
+            "synthetic dataset (no downloads). Paths: 1 tutorial copy (jnp.array per leaf), "
+            "2 as_numpy_iterator + device_put, 3 EagerTensor -> jax.dlpack by hand, "
+            "4 flax-style deque of device_put, 5 fastbridge ring, 6 numpy, 7 direct, 8 auto, "
+            "9 the floor (iterate as_numpy_iterator only). Paths run interleaved "
+            "(A B C ... A B C ...) and repeated; tables show medians with [min-max]. Writes "
+            "results.json (every raw sample), summary.md (paste into benches/RESULTS.md) and "
+            "PNG plots into --out. See benches/README.md."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, few repeats: about a minute on 2 cores. Options given "
+        "explicitly still override it",
+    )
+    p.add_argument(
+        "--out",
+        default="bench-results",
+        help="directory for results.json, summary.md and the plots",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu: the scenarios below. gpu: host-to-device GB/s from pinned ring "
+        "slots vs pageable NumPy vs device_put of a fresh array; says so and "
+        "exits 0 when JAX sees no GPU",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated subset of: handoff (one cached batch repeated, a "
+        "jitted CPU step after each), throughput (no step, plus memcpy and ring "
+        "slot fill at the same thread count), e2e (a real tf.data pipeline "
+        "feeding a jitted MLP train step), memory (RSS and page faults)",
+    )
+    p.add_argument(
+        "--paths",
+        default="all",
+        help="comma-separated path numbers or names (tutorial, device_put, dlpack, "
+        "flax_prefetch, ring, numpy, direct, auto, floor), or 'all'",
+    )
+    p.add_argument(
+        "--sizes",
+        default=None,
+        help="handoff batch sizes, e.g. 64K,1M,16M,64M [quick/full: 64K,1M,16M,64M]",
+    )
+    p.add_argument(
+        "--layouts",
+        default=None,
+        help="handoff layouts: f32 (one float32 leaf) and/or dict (6 leaves: uint8 "
+        "image, float32 features, float64, int64, bool mask, float16)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved rounds over all paths [quick 3, full 5]",
+    )
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=None,
+        help="measured batches per path per round in handoff [quick 6, full 30]",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="batches per run before measuring (at least 2) [quick 2, full 3]",
+    )
+    p.add_argument(
+        "--step-ms",
+        type=float,
+        default=5.0,
+        help="target duration of the handoff's jitted CPU step (4 to 10 ms in the "
+        "issue); the measured duration is printed and recorded",
+    )
+    p.add_argument(
+        "--throughput-sizes",
+        default=None,
+        help="throughput batch sizes [quick 1M,64M; full 64K,1M,16M,64M,256M]",
+    )
+    p.add_argument("--throughput-layouts", default=None, help="throughput layouts [quick f32]")
+    p.add_argument(
+        "--throughput-batches",
+        type=int,
+        default=None,
+        help="most batches per throughput run (fewer for huge batches)",
+    )
+    p.add_argument(
+        "--copy-sizes",
+        default=None,
+        help="sizes for memcpy vs ring slot fill [quick 64M; full 16M,64M,256M]",
+    )
+    p.add_argument("--e2e-steps", type=int, default=None, help="train steps per e2e run")
+    p.add_argument("--e2e-repeats", type=int, default=None, help="interleaved e2e rounds")
+    p.add_argument(
+        "--e2e-batch", type=int, default=None, help="examples per e2e batch (32x32x3) [quick 128]"
+    )
+    p.add_argument("--e2e-hidden", type=int, default=256, help="hidden units of the e2e MLP")
+    p.add_argument("--memory-size", default="1M", help="batch size of the memory scenario")
+    p.add_argument(
+        "--memory-batches",
+        type=int,
+        default=None,
+        help="batches per path in the memory scenario [quick 300, full 10000]",
+    )
+    p.add_argument("--prefetch", type=int, default=4, help="prefetch of the fastbridge paths")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="copy threads for the ring and for the memcpy baseline [min(2, cores)]",
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+    profile = QUICK if args.quick else FULL
+    for key, value in profile.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.warmup < 2:
+        raise SystemExit("--warmup must be at least 2 (two live batches tell copies apart)")
+    for name in (
+        "repeats",
+        "batches",
+        "throughput_batches",
+        "e2e_steps",
+        "e2e_repeats",
+        "memory_batches",
+        "prefetch",
+    ):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
+    if args.threads is None:
+        args.threads = min(2, os.cpu_count() or 1)
+    return args
+
+
+class Progress:
+    """tqdm when installed and wanted, else one plain line now and then."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.bar: Any = None
+        self.last = 0.0
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, what: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_description(what, refresh=False)
+            self.bar.update()
+        elif self.enabled and (time.monotonic() - self.last > 5 or self.done == self.total):
+            self.last = time.monotonic()
+            print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _sample(scenario: str, path: Any, layout: str, size: int, rep: int, **m: Any) -> dict:
+    return {
+        "scenario": scenario,
+        "path": path.key,
+        "path_number": path.number,
+        "label": path.label,
+        "layout": layout,
+        "size_bytes": size,
+        "rep": rep,
+        **m,
+    }
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Every chosen scenario; returns the results dictionary (also what results.json holds)."""
+    from . import paths as paths_mod
+    from . import report
+    from . import scenarios as sc
+
+    chosen = paths_mod.resolve(args.paths)
+    wanted = _split(args.scenarios)
+    for name in wanted:
+        if name not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    sizes = [report.parse_size(s) for s in _split(args.sizes)]
+    layouts = _split(args.layouts)
+    t_sizes = [report.parse_size(s) for s in _split(args.throughput_sizes)]
+    t_layouts = _split(args.throughput_layouts)
+    copy_sizes = [report.parse_size(s) for s in _split(args.copy_sizes)]
+    for layout in {*layouts, *t_layouts}:
+        if layout not in sc.LAYOUTS:
+            raise SystemExit(f"unknown layout {layout!r}; choose from {', '.join(sc.LAYOUTS)}")
+    stream_options = {"prefetch": args.prefetch, "copy_threads": args.threads}
+
+    import jax
+
+    sc.tf_module()
+    meta: dict[str, Any] = {
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "argv": argv,
+        "args": vars(args),
+        "machine": report.machine_info(),
+        "jax_device": str(jax.devices()[0]),
+        "paths": [
+            {"number": p.number, "key": p.key, "label": p.label, "kind": p.kind} for p in chosen
+        ],
+    }
+    samples: list[dict[str, Any]] = []
+
+    total = 0
+    if "handoff" in wanted:
+        total += len(sizes) * len(layouts) * args.repeats * len(chosen)
+    if "throughput" in wanted:
+        total += len(t_sizes) * len(t_layouts) * args.repeats * len(chosen)
+        total += len(copy_sizes)
+    if "e2e" in wanted:
+        total += args.e2e_repeats * len(chosen)
+    if "memory" in wanted:
+        total += len(chosen)
+    progress = Progress(total, not args.no_progress)
+    started = mark = time.perf_counter()
+    timings: dict[str, float] = meta.setdefault("scenario_seconds", {})
+    try:
+        if "handoff" in wanted:
+            step = sc.calibrate_step(args.step_ms / 1e3)
+            meta.update(
+                step_seconds=step.seconds, step_iterations=step.iterations, step_state=sc.STATE
+            )
+            print(
+                f"handoff step: jitted CPU computation measured at {step.seconds * 1e3:.2f} ms "
+                f"({step.iterations} chained {sc.STATE}x{sc.STATE} matmuls)",
+                file=sys.stderr,
+            )
+            for layout, size, batch, ds in _datasets(sc, layouts, sizes):
+                resident = jax.device_put(batch)
+                meta.setdefault("step_seconds_by_case", {})[f"{layout} {size}"] = sc.time_step(
+                    step.fn, resident, runs=5
+                )
+                for rep in range(args.repeats):
+                    for path in chosen:  # interleaved: A B C ... A B C ...
+                        m = sc.measure(
+                            path,
+                            ds,
+                            batches=args.batches,
+                            warmup=args.warmup,
+                            step=step,
+                            resident=resident,
+                            probe_copies=True,
+                            stream_options=stream_options,
+                        )
+                        m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
+                        m["rss_growth"] = m["rss_end"] - m["rss_start"]
+                        samples.append(_sample("handoff", path, layout, size, rep, **m))
+                        progress.update(f"handoff {layout} {report.size_label(size)} {path.key}")
+                del resident
+        timings["handoff"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        if "throughput" in wanted:
+            for layout, size, batch, ds in _datasets(sc, t_layouts, t_sizes):
+                nbytes = sc.batch_nbytes(batch)
+                # Fewer batches for huge ones: each run moves at most about 2 GiB.
+                batches = max(3, min(args.throughput_batches, (2 << 30) // nbytes))
+                for rep in range(args.repeats):
+                    for path in chosen:
+                        m = sc.measure(
+                            path,
+                            ds,
+                            batches=batches,
+                            warmup=args.warmup,
+                            step=None,
+                            probe_copies=True,
+                            stream_options=stream_options,
+                        )
+                        m["gbps"] = nbytes / m["wall_s"] / 1e9
+                        m["rss_growth"] = m["rss_end"] - m["rss_start"]
+                        samples.append(_sample("throughput", path, layout, size, rep, **m))
+                        progress.update(f"throughput {layout} {report.size_label(size)} {path.key}")
+            for size in copy_sizes:
+                copies = max(3, min(20, (1 << 30) // size))
+                rates = sc.copy_rates(size, args.threads, args.repeats, copies)
+                for name, runs in rates.items():
+                    fake = paths_mod.Path(0, name, name, "copy", lambda ds: iter(()))
+                    for rep, m in enumerate(runs):
+                        samples.append(
+                            _sample("copy", fake, "", size, rep, threads=args.threads, **m)
+                        )
+                progress.update(f"memcpy vs ring fill {report.size_label(size)}")
+        timings["throughput"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        if "e2e" in wanted:
+            train, init = sc.mlp_step(args.e2e_hidden, args.e2e_batch)
+            meta.update(
+                e2e_step_seconds=train.seconds,
+                e2e=f"3072-{args.e2e_hidden}-10, batch {args.e2e_batch}",
+            )
+            ds = sc.e2e_dataset(records=max(256, 8 * args.e2e_batch), batch=args.e2e_batch)
+            resident = jax.device_put(next(ds.as_numpy_iterator()))
+            size = sc.batch_nbytes(resident)
+            for rep in range(args.e2e_repeats):
+                for path in chosen:
+                    m = sc.measure_e2e(
+                        path,
+                        ds,
+                        steps=args.e2e_steps,
+                        warmup=3,
+                        step=train,
+                        init=init,
+                        resident=resident,
+                    )
+                    samples.append(_sample("e2e", path, "", size, rep, **m))
+                    progress.update(f"e2e {path.key}")
+            del ds, resident
+        timings["e2e"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        if "memory" in wanted:
+            size = report.parse_size(args.memory_size)
+            batch = sc.make_batch("f32", size)
+            ds = sc.repeated_dataset(batch)
+            for path in chosen:
+                m = sc.measure(
+                    path,
+                    ds,
+                    batches=args.memory_batches,
+                    warmup=args.warmup,
+                    step=None,
+                    keep_times=False,
+                    stream_options=stream_options,
+                )
+                m["rss_growth"] = m["rss_end"] - m["rss_start"]
+                samples.append(_sample("memory", path, "", size, 0, **m))
+                progress.update(f"memory {path.key}")
+        timings["memory"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+    finally:
+        progress.close()
+    meta["seconds"] = time.perf_counter() - started
+    meta["peak_rss_bytes"] = sc.peak_rss_bytes()
+    summary = report.summarize(samples)
+    return {
+        "meta": meta,
+        "samples": samples,
+        "summary": summary,
+        "targets": report.check_targets(summary),
+    }
+
+
+def _datasets(sc: Any, layouts: list[str], sizes: list[int]) -> Iterator[tuple]:
+    # One (layout, size) at a time, so at most one size's datasets and slots are alive.
+    for size in sizes:
+        for layout in layouts:
+            gc.collect()  # the previous size's datasets and slots, before allocating the next
+            batch = sc.make_batch(layout, size)
+            yield layout, size, batch, sc.repeated_dataset(batch)
+
+
+def run_gpu(args: argparse.Namespace, argv: list[str]) -> int:
+    """Accelerator mode; exits 0 with a clear message when JAX sees no GPU."""
+    from . import report
+    from . import scenarios as sc
+
+    devices = sc.gpu_devices()
+    if not devices:
+        import jax
+
+        print(
+            f"--device gpu: JAX sees no GPU on this machine (devices: "
+            f"{', '.join(str(d) for d in jax.devices())}); nothing to measure, exiting."
+        )
+        return 0
+    sizes = [report.parse_size(s) for s in _split(args.throughput_sizes)]
+    results: dict[str, Any] = {"device": str(devices[0]), "sizes": {}}
+    print(f"host-to-device GB/s on {devices[0]}, median of {args.repeats}")
+    for size in sizes:
+        rates = sc.host_to_device(
+            devices[0], size, batches=max(3, args.batches), repeats=args.repeats
+        )
+        results["sizes"][str(size)] = rates
+        for name, values in rates.items():
+            values = sorted(values)
+            print(
+                f"  {report.size_label(size):>8}  {name:<24} {values[len(values) // 2]:7.2f} "
+                f"[{values[0]:.2f}-{values[-1]:.2f}]"
+            )
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu.json"), "w") as f:
+        json.dump({"argv": argv, "machine": report.machine_info(), "results": results}, f, indent=1)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m fastbridge.bench``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _resolve(build_parser().parse_args(argv))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.device == "gpu":
+        return run_gpu(args, argv)
+
+    from . import report
+
+    result = run(args, argv)
+    os.makedirs(args.out, exist_ok=True)
+    plots: list[str] = []
+    if not args.no_plots:
+        from . import plots as plots_mod
+
+        try:
+            plots = plots_mod.draw(result, args.out)
+        except plots_mod.PlotsUnavailable as error:
+            print(error, file=sys.stderr)
+    result["plots"] = plots
+    for table in report.tables(result["summary"]):
+        print()
+        print(report.render_text(table))
+    print()
+    print(report.render_targets_text(result["targets"]))
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(report.markdown(result))
+    print(
+        f"\nwrote {args.out}/results.json, {args.out}/summary.md"
+        + (f" and {len(plots)} plots" if plots else "")
+        + f" in {result['meta']['seconds']:.0f} s"
+    )
+    return 0

@@ -1,0 +1,133 @@
+"""PNG plots drawn from the results JSON (only its ``summary`` list is read)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .paths import BY_KEY
+from .report import Lookup, size_label
+
+
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotsUnavailable(
+            "matplotlib is not installed: skipping plots (pip install 'fastbridge[bench]')"
+        ) from None
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(path: str) -> str:
+    known = BY_KEY.get(path)
+    return f"{known.number} {known.label}" if known else path
+
+
+def _lines(ax: Any, at: Lookup, scenario: str, layout: str, metric: str, scale: float) -> None:
+    sizes = at.sizes(scenario, layout)
+    for path in at.paths(scenario):
+        xs, ys, lo, hi = [], [], [], []
+        for size in sizes:
+            row = at.rows.get((scenario, layout, size, path))
+            if row is None or metric not in row["metrics"]:
+                continue
+            m = row["metrics"][metric]
+            xs.append(size)
+            ys.append(m["median"] * scale)
+            lo.append((m["median"] - m["min"]) * scale)
+            hi.append((m["max"] - m["median"]) * scale)
+        if xs:
+            style = "--" if path in ("floor", "memcpy") else "-"
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[lo, hi],
+                label=_label(path),
+                marker="o",
+                ms=3,
+                linestyle=style,
+                capsize=2,
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [size_label(s) for s in sizes])
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def draw(result: dict[str, Any], out_dir: str) -> list[str]:
+    """Draw every plot the results allow into ``out_dir``; returns the files written."""
+    plt = _pyplot()
+    at = Lookup(result["summary"])
+    written: list[str] = []
+
+    def save(fig: Any, name: str) -> None:
+        path = os.path.join(out_dir, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    step = result["meta"].get("step_seconds")
+    for scenario, metric, scale, unit, name in (
+        ("handoff", "consumer_s", 1e6, "consumer-visible µs per batch", "handoff_consumer.png"),
+        ("handoff", "wall_s", 1e3, "wall ms per batch (step included)", "handoff_wall.png"),
+        ("throughput", "gbps", 1.0, "delivered GB/s (no step)", "throughput.png"),
+    ):
+        layouts = at.layouts(scenario)
+        if not layouts:
+            continue
+        fig, axes = plt.subplots(1, len(layouts), figsize=(6.5 * len(layouts), 4.8), squeeze=False)
+        for ax, layout in zip(axes[0], layouts, strict=True):
+            _lines(ax, at, scenario, layout, metric, scale)
+            if scenario == "throughput":
+                _lines(ax, at, "copy", "", "gbps", 1.0)  # memcpy and ring fill: the limit
+            ax.set_title(f"{scenario}: {'one float32 leaf' if layout == 'f32' else '6-leaf dict'}")
+            ax.set_xlabel("batch size")
+            ax.set_ylabel(unit)
+        axes[0][-1].legend(fontsize=7)
+        if scenario == "handoff" and step:
+            fig.suptitle(f"jitted CPU step of {step * 1e3:.1f} ms after every batch", fontsize=9)
+        save(fig, name)
+
+    for layout in at.layouts("e2e"):
+        paths = at.paths("e2e")
+        size = at.sizes("e2e", layout)[0]
+        rows = [at.rows[("e2e", layout, size, p)]["metrics"] for p in paths]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+        names = [_label(p) for p in paths]
+        left.barh(names, [r["steps_per_s"]["median"] for r in rows])
+        left.set_xlabel("steps/s (higher is better)")
+        right.barh(names, [r["wait_fraction"]["median"] for r in rows])
+        right.set_xlabel("share of wall time waiting for input")
+        right.set_yticks([])
+        fig.suptitle("end to end: JPEG decode + flip, shuffle, batch -> MLP train step")
+        save(fig, "e2e.png")
+
+    for layout in at.layouts("memory"):
+        paths = at.paths("memory")
+        size = at.sizes("memory", layout)[0]
+        rows = [at.rows[("memory", layout, size, p)]["metrics"] for p in paths]
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
+        names = [_label(p) for p in paths]
+        for i, (metric, scale, title) in enumerate(
+            (
+                ("rss_peak", 1 / (1 << 20), "peak RSS MiB"),
+                ("rss_growth", 1 / (1 << 20), "RSS growth MiB over the run"),
+                ("minor_faults", 1.0, "minor page faults per batch"),
+            )
+        ):
+            axes[i].barh(names, [r.get(metric, {"median": 0})["median"] * scale for r in rows])
+            axes[i].set_xlabel(title)
+            if i:
+                axes[i].set_yticks([])
+        fig.suptitle(f"memory, {size_label(size)} batches, no step")
+        save(fig, "memory.png")
+    return written

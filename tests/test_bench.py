@@ -1,0 +1,201 @@
+"""The benchmark's own code on tiny sizes: every path delivers the same values, the JSON has the
+schema the plots read, plots are written, and GPU mode bows out cleanly. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from fastbridge.bench import cli, paths, plots, report, scenarios
+
+CANONICAL = {np.dtype(np.float64): np.float32, np.dtype(np.int64): np.int32}
+
+
+def _expected(batch):
+    """What JAX makes of a NumPy batch with x64 off: 64-bit leaves narrowed."""
+    return jax.tree_util.tree_map(
+        lambda x: np.asarray(x).astype(CANONICAL.get(np.asarray(x).dtype, np.asarray(x).dtype)),
+        batch,
+    )
+
+
+def _assert_same(got, want):
+    got_leaves, got_def = jax.tree_util.tree_flatten(got)
+    want_leaves, want_def = jax.tree_util.tree_flatten(want)
+    assert got_def == want_def
+    for g, w in zip(got_leaves, want_leaves, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert g.tobytes() == w.tobytes()  # bit-identical, NaNs included
+
+
+@pytest.mark.parametrize("layout", scenarios.LAYOUTS)
+def test_every_path_delivers_identical_values(layout):
+    # Distinct batches (not one repeated), so a reused slot or a stale buffer would show.
+    batches = [scenarios.make_batch(layout, 4096, seed=i) for i in range(5)]
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
+    ds = tf.data.Dataset.from_tensor_slices(stacked)
+    want = [_expected(b) for b in batches]
+    for path in paths.PATHS:
+        got = paths.collect(path, ds, prefetch=2)
+        assert len(got) == len(want), path.key
+        for g, w in zip(got, want, strict=True):
+            # The floor hands over NumPy untouched; compare it after the same narrowing.
+            _assert_same(_expected(g) if path.kind == "floor" else g, w)
+
+
+def test_make_batch_layouts():
+    single = scenarios.make_batch("f32", 1 << 16)
+    assert single.dtype == np.float32 and single.nbytes == 1 << 16
+    leaves = scenarios.make_batch("dict", 1 << 20)
+    assert {k: v.dtype for k, v in leaves.items()} == {
+        k: np.dtype(d) for k, (d, _) in scenarios.DICT_SHARES.items()
+    }
+    assert scenarios.batch_nbytes(leaves) == 1 << 20
+    with pytest.raises(ValueError, match="layout"):
+        scenarios.make_batch("list", 10)
+
+
+def test_path_and_size_parsing():
+    assert [p.number for p in paths.resolve("auto,1,dlpack")] == [1, 3, 8]
+    assert len(paths.resolve("all")) == 9
+    with pytest.raises(ValueError, match="unknown path"):
+        paths.resolve("fast")
+    assert report.parse_size("64K") == 65536
+    assert report.parse_size("16MiB") == 16 << 20
+    assert report.parse_size("1048576") == 1 << 20
+    with pytest.raises(ValueError, match="size"):
+        report.parse_size("lots")
+    assert report.size_label(64 << 20) == "64 MiB"
+
+
+def _row(scenario, layout, size, path, **medians):
+    metrics = {k: {"median": v, "min": v, "max": v} for k, v in medians.items()}
+    return {"scenario": scenario, "layout": layout, "size_bytes": size, "path": path,
+            "path_number": 0, "label": path, "repeats": 1, "metrics": metrics}  # fmt: skip
+
+
+def test_targets_are_ratios_with_verdicts():
+    mib = 1 << 20
+    summary = [
+        _row("handoff", "f32", 16 * mib, "dlpack", consumer_s=4e-4, wall_s=6e-3),
+        _row("handoff", "f32", 16 * mib, "auto", consumer_s=2e-5, wall_s=6.6e-3),
+        _row("handoff", "f32", 16 * mib, "tutorial", consumer_s=2e-3, wall_s=8e-3),
+        _row("copy", "", 64 * mib, "memcpy", gbps=10.0, cpu_s=0.01),
+        _row("copy", "", 64 * mib, "ring_fill", gbps=6.0, cpu_s=0.011),
+    ]
+    found = {(t["target"], t["where"]): t for t in report.check_targets(summary)}
+    consumer = found[("auto consumer time vs path 3", "f32 16 MiB")]
+    assert consumer["ratio"] == pytest.approx(0.05) and consumer["met"] is True
+    assert found[("auto wall time vs path 3", "f32 16 MiB")]["met"] is False
+    assert found[("tutorial copy / auto consumer time", "f32 16 MiB")]["met"] is True
+    assert found[("ring slot fill vs memcpy bandwidth", "64 MiB")]["met"] is False
+    assert found[("ring slot fill CPU vs memcpy CPU", "64 MiB")]["met"] is True
+    # A path that was not run leaves its target unmeasured, never silently met.
+    ring = found[("ring consumer time vs path 3", "f32 16 MiB")]
+    assert ring["ratio"] is None and ring["met"] is None
+    text = report.render_targets_text(report.check_targets(summary))
+    assert "MISSED" in text and "met" in text and "not measured" in text
+
+
+def _check_schema(result):
+    meta = result["meta"]
+    for key in ("started", "argv", "args", "machine", "paths", "seconds", "step_seconds"):
+        assert key in meta, key
+    machine = meta["machine"]
+    assert isinstance(machine["cpu"], str) and isinstance(machine["cores"], int)
+    assert set(machine["versions"]) >= {"fastbridge", "jax", "jaxlib", "tensorflow", "numpy"}
+    assert 0 < meta["step_seconds"] < 1
+    scenarios_seen = {s["scenario"] for s in result["samples"]}
+    assert scenarios_seen == {"handoff", "throughput", "copy", "e2e", "memory"}
+    for s in result["samples"]:
+        for key, kind in (("scenario", str), ("path", str), ("path_number", int),
+                          ("layout", str), ("size_bytes", int), ("rep", int)):  # fmt: skip
+            assert isinstance(s[key], kind), (key, s)
+        assert isinstance(s["cpu_s"], float)
+        if s["scenario"] == "copy":  # memcpy, copy_into and ring slot fill
+            assert s["path"] in ("memcpy", "copy_into", "ring_fill")
+            assert s["seconds"] > 0 and s["gbps"] > 0
+            continue
+        assert isinstance(s["wall_s"], float) and s["wall_s"] > 0
+        if s["scenario"] in ("handoff", "throughput"):
+            assert isinstance(s["consumer_s"], float) and s["consumer_s"] >= 0
+            assert isinstance(s["gbps"], float) and s["gbps"] > 0
+            assert len(s["next_s"]) == s["batches"]
+            for key in ("consumer_copied_bytes", "producer_copied_bytes", "rss_peak"):
+                assert isinstance(s[key], int), key
+        if s["scenario"] == "e2e":
+            assert s["steps_per_s"] > 0 and 0 <= s["wait_fraction"] <= 1.5
+        if s["scenario"] == "memory":
+            assert {"rss_peak", "rss_growth", "minor_faults"} <= set(s)
+    for row in result["summary"]:
+        assert set(row) >= {"scenario", "layout", "size_bytes", "path", "path_number", "metrics"}
+        for stats in row["metrics"].values():
+            assert set(stats) == {"median", "min", "max"}
+            assert stats["min"] <= stats["median"] <= stats["max"]
+    for t in result["targets"]:
+        assert set(t) == {"target", "where", "ratio", "op", "threshold", "met"}
+        assert t["met"] in (True, False, None)
+    # The tutorial copy always copies on the consumer; fastbridge never does.
+    by = {(s["scenario"], s["path"]): s for s in result["samples"]}
+    assert by[("handoff", "tutorial")]["consumer_copied_bytes"] > 0
+    assert by[("handoff", "auto")]["consumer_copied_bytes"] == 0
+    assert by[("handoff", "ring")]["producer_copied_bytes"] > 0
+
+
+def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
+    out = tmp_path / "results"
+    argv = [
+        "--out", str(out), "--sizes", "64K", "--layouts", "f32,dict", "--repeats", "1",
+        "--batches", "2", "--warmup", "2", "--step-ms", "1", "--throughput-sizes", "64K",
+        "--throughput-layouts", "f32", "--copy-sizes", "64K", "--e2e-steps", "2",
+        "--e2e-repeats", "1", "--e2e-batch", "8", "--e2e-hidden", "16",
+        "--memory-size", "64K", "--memory-batches", "3", "--no-progress",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "consumer-visible" in printed and "Targets" in printed
+    result = json.loads((out / "results.json").read_text())
+    _check_schema(result)
+    # The plots read only the summary: redraw them from the JSON as written.
+    redrawn = plots.draw(result, str(tmp_path))
+    names = {os.path.basename(p) for p in redrawn}
+    assert names == {"handoff_consumer.png", "handoff_wall.png", "throughput.png", "e2e.png",
+                     "memory.png"}  # fmt: skip
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG"), name
+    md = (out / "summary.md").read_text()
+    assert "### Targets" in md and "tensorflow" in md and "Machine" in md
+    assert "| path |" in md and "handoff_consumer.png" in md
+
+
+def test_plots_say_so_without_matplotlib(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(plots.PlotsUnavailable, match="matplotlib is not installed"):
+        plots.draw({"meta": {}, "summary": []}, ".")
+
+
+def test_help_explains_every_option():
+    text = cli.build_parser().format_help()
+    for action in cli.build_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        assert action.help, action.option_strings
+
+
+def test_gpu_mode_exits_zero_without_a_gpu(tmp_path):
+    if scenarios.gpu_devices():
+        pytest.skip("this machine has a GPU")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "fastbridge.bench", "--device", "gpu", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "JAX sees no GPU" in done.stdout
