@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 BENCH_ARGS ?=
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: help setup wheel bench test test-rust lint test-python clean
+.PHONY: help setup wheel bench test test-rust lint test-python soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ -/'
@@ -30,10 +30,14 @@ wheel: setup  ## build the abi3 wheel with maturin and install it into .venv
 bench: wheel  ## the main job: copy versus zero-copy on a built-in synthetic dataset
 	cd /tmp && $(abspath $(PY)) -m fastbridge.bench $(BENCH_ARGS) --out $(CURDIR)/bench-results
 
-test-rust: setup  ## cargo test, clippy and fmt
+test-rust: setup  ## cargo test, clippy, fmt, and the loom model check of the pool
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo test --quiet
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --quiet --test loom_pool
+
+soak:  ## the long soak: 100,000 batches through the ring
+	cd tests && FASTBRIDGE_SOAK=1 $(abspath $(PY)) -m pytest -q -p no:cacheprovider test_reliability.py -k soak
 
 lint: setup  ## ruff, and the type stubs checked against the built extension
 	$(VENV)/bin/ruff check python tests benches
