@@ -58,6 +58,7 @@ pub struct PoolStats {
     pub bytes: usize,
     pub grown: usize,
     pub locked_slots: usize,
+    pub locked_bytes: usize,
     pub cuda_slots: usize,
 }
 
@@ -72,13 +73,23 @@ struct Shared {
     leased: AtomicUsize,
     grown: AtomicUsize,
     locked_slots: AtomicUsize,
+    locked_bytes: AtomicUsize,
     cuda_slots: AtomicUsize,
+    /// The process that made the pool. After `fork()` a child inherits leases but not the
+    /// threads that may hold the notifier's lock or the allocator's: it must not touch either.
+    owner: u32,
 }
 
 impl Shared {
     fn account_new(&self, buffer: &HostBuffer) {
-        self.bytes.fetch_add(buffer.capacity(), Ordering::SeqCst);
         let Pinning { locked, cuda } = buffer.pinning();
+        // Locked bytes first, total bytes last (the reverse on release), so that a reader
+        // never sees more total than locked bytes for memory that is in fact locked.
+        if locked {
+            self.locked_bytes
+                .fetch_add(buffer.capacity(), Ordering::SeqCst);
+        }
+        self.bytes.fetch_add(buffer.capacity(), Ordering::SeqCst);
         self.locked_slots
             .fetch_add(usize::from(locked), Ordering::SeqCst);
         self.cuda_slots
@@ -89,6 +100,10 @@ impl Shared {
     fn release_memory(&self, buffer: HostBuffer) {
         self.bytes.fetch_sub(buffer.capacity(), Ordering::SeqCst);
         let Pinning { locked, cuda } = buffer.pinning();
+        if locked {
+            self.locked_bytes
+                .fetch_sub(buffer.capacity(), Ordering::SeqCst);
+        }
         self.locked_slots
             .fetch_sub(usize::from(locked), Ordering::SeqCst);
         self.cuda_slots
@@ -143,6 +158,12 @@ impl Drop for Lease {
             return;
         };
         let shared = &self.shared;
+        if std::process::id() != shared.owner {
+            // A forked child dropping an inherited lease: leak its copy of the slot rather than
+            // take locks that a thread of the parent may have held at the fork.
+            std::mem::forget(buffer);
+            return;
+        }
         if shared.closed.load(Ordering::SeqCst) {
             shared.discard(buffer);
         } else {
@@ -177,7 +198,9 @@ impl Pool {
                 leased: AtomicUsize::new(0),
                 grown: AtomicUsize::new(0),
                 locked_slots: AtomicUsize::new(0),
+                locked_bytes: AtomicUsize::new(0),
                 cuda_slots: AtomicUsize::new(0),
+                owner: std::process::id(),
             }),
         }
     }
@@ -293,6 +316,7 @@ impl Pool {
             bytes: s.bytes.load(Ordering::SeqCst),
             grown: s.grown.load(Ordering::SeqCst),
             locked_slots: s.locked_slots.load(Ordering::SeqCst),
+            locked_bytes: s.locked_bytes.load(Ordering::SeqCst),
             cuda_slots: s.cuda_slots.load(Ordering::SeqCst),
         }
     }

@@ -211,6 +211,7 @@ impl Ring {
         dict.set_item("pool_bytes", pool.bytes)?;
         dict.set_item("pool_grown", pool.grown)?;
         dict.set_item("locked_slots", pool.locked_slots)?;
+        dict.set_item("locked_bytes", pool.locked_bytes)?;
         dict.set_item("cuda_slots", pool.cuda_slots)?;
         dict.set_item("fills", self.counters.fills.load(Ordering::SeqCst))?;
         dict.set_item("bytes_copied", self.counters.bytes.load(Ordering::SeqCst))?;

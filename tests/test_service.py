@@ -104,6 +104,19 @@ def test_parallel_epochs_yields_each_element_once_per_worker(service, backend):
 
 
 @needs_loopback_only
+def test_stream_service_argument_is_the_shortcut(service):
+    rows = []
+    with stream(_dataset(), service=service.target, backend="direct") as batches:
+        for batch in batches:
+            host = jax.tree.map(np.asarray, batch)
+            rows.extend(
+                (int(i), {"x": host["x"][k], "pixels": host["pixels"][k]})
+                for k, i in enumerate(host["id"])
+            )
+    _assert_rows_match(rows, _local_rows(), copies=1)
+
+
+@needs_loopback_only
 def test_sharding_policy_and_bare_address_are_accepted(service):
     remote = distribute(
         _dataset(),

@@ -10,6 +10,7 @@ JAX's deleter runs, and a ``weakref.finalize`` on the view then gives the slot b
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 import weakref
@@ -158,6 +159,9 @@ class NumpyRing:
         self._fills = 0
         self._bytes_copied = 0
         self._fill_seconds = 0.0
+        # After fork() the child inherits this ring but not the producer thread, which may have
+        # held the lock at that moment: the child must never wait on it (see _unref, close).
+        self._pid = os.getpid()
 
     # -- pool ------------------------------------------------------------------------------
     def acquire(self, nbytes: int, timeout: float | None = None) -> NumpySlot:
@@ -201,6 +205,8 @@ class NumpyRing:
         return slot
 
     def _unref(self, slot: _Slot) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child: leave the inherited slot alone
         with self._cond:
             slot.refs -= 1
             if slot.refs:
@@ -251,6 +257,9 @@ class NumpyRing:
                 self._consumer_waiting = False
 
     def close(self) -> None:
+        if os.getpid() != self._pid:
+            self._closed = True
+            return
         with self._cond:
             self._closed = True
             dropped = list(self._ready)
@@ -278,6 +287,7 @@ class NumpyRing:
                 "pool_bytes": self._bytes,
                 "pool_grown": self._grown,
                 "locked_slots": 0,
+                "locked_bytes": 0,
                 "cuda_slots": 0,
                 "fills": self._fills,
                 "bytes_copied": self._bytes_copied,

@@ -182,6 +182,9 @@ class _Pipeline:
         if self.closed.is_set():
             return
         self.closed.set()
+        if os.getpid() != self.pid:
+            # A forked child: the producer thread and any lock it held stayed in the parent.
+            return
         if self.ring is not None:
             # Stats after the end describe the pool as it was, not the freed one.
             self.final_ring_stats = self.ring.stats()
@@ -388,7 +391,7 @@ class Stream(Iterator[T], Generic[T]):
             ring_stats = self._pipeline.final_ring_stats or ring.stats()
         acquire_wait = getattr(self._pipeline.converter, "acquire_seconds", 0.0)
         slots = ring_stats.get("slots", 0)
-        locked = ring_stats.get("locked_slots", 0) + ring_stats.get("cuda_slots", 0)
+        pool_bytes = ring_stats.get("pool_bytes", 0)
         copied = ring_stats.get("bytes_copied", 0)
         if self._backend == "copy":
             copied = self._bytes
@@ -401,9 +404,13 @@ class Stream(Iterator[T], Generic[T]):
                 0.0, self._pipeline.source_seconds + self._pipeline.convert_seconds - acquire_wait
             ),
             bytes_copied=copied,
-            pinned=slots > 0 and locked >= slots,
+            pinned=pool_bytes > 0
+            and (
+                ring_stats.get("locked_bytes", 0) >= pool_bytes
+                or ring_stats.get("cuda_slots", 0) >= slots
+            ),
             slots=slots,
-            pool_bytes=ring_stats.get("pool_bytes", 0),
+            pool_bytes=pool_bytes,
             pool_grown=ring_stats.get("pool_grown", 0),
             elapsed_seconds=time.perf_counter() - self._started,
         )
