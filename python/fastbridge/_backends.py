@@ -24,6 +24,7 @@ from ._leaves import (
     overflow_error,
     path_name,
 )
+from ._multihost import global_shape
 from .errors import UnsupportedLeafError
 
 LEAF_ALIGN = 64
@@ -45,23 +46,47 @@ class Placement:
         self.device = device
         self.sharding = sharding
 
+    def global_shape(self, local_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.sharding is None:
+            return local_shape
+        return global_shape(self.sharding, local_shape)
+
     def row_blocks(self, shape: tuple[int, ...]) -> list[tuple[int, int, list[jax.Device]]]:
-        """Row ranges of a leaf and the devices holding each, when the sharding splits only the
-        leading (batch) axis; one block for the whole leaf otherwise."""
+        """Local row ranges of a leaf and the local devices holding each, when the sharding
+        splits only the leading (batch) axis; one block for the whole leaf without a sharding;
+        none (meaning: place it with a copy) for any other sharding."""
         if self.sharding is None or not shape:
             return [(0, shape[0] if shape else 0, [self.device])]
+        full = self.global_shape(shape)
         blocks: dict[tuple[int, int], list[jax.Device]] = {}
-        for device, index in self.sharding.addressable_devices_indices_map(shape).items():
+        for device, index in self.sharding.addressable_devices_indices_map(full).items():
             rows = index[0] if index else slice(None)
-            rest = zip(index[1:], shape[1:], strict=False)
+            rest = zip(index[1:], full[1:], strict=False)
             if any(s != slice(None) and s != slice(0, n) for s, n in rest):
                 return []  # sharded beyond the batch axis: no aliasing layout
-            start, stop, _ = rows.indices(shape[0])
+            start, stop, _ = rows.indices(full[0])
             blocks.setdefault((start, stop), []).append(device)
-        return [(start, stop, devices) for (start, stop), devices in sorted(blocks.items())]
+        # This process's rows are one contiguous run of the global batch (see _multihost).
+        first = min(start for start, _ in blocks)
+        if max(stop for _, stop in blocks) - first != shape[0]:
+            return []
+        return [
+            (start - first, stop - first, devices)
+            for (start, stop), devices in sorted(blocks.items())
+        ]
 
-    def place(self, arrays: list[jax.Array]) -> list[jax.Array]:
+    def assemble(self, local_shape: tuple[int, ...], arrays: list[jax.Array]) -> jax.Array:
+        """A global array from per-device arrays that alias this process's slot blocks."""
+        return jax.make_array_from_single_device_arrays(
+            self.global_shape(local_shape), self.sharding, arrays
+        )
+
+    def place(self, arrays: list[Any]) -> list[jax.Array]:
         """Put whole host arrays where they belong (copies when a device or sharding needs it)."""
+        if self.sharding is not None and not self.sharding.is_fully_addressable:
+            return [
+                jax.make_array_from_process_local_data(self.sharding, np.asarray(a)) for a in arrays
+            ]
         target = self.sharding if self.sharding is not None else self.device
         return jax.device_put(arrays, target)  # type: ignore[no-any-return]
 
@@ -156,9 +181,7 @@ class SlotConverter:
                 elif i in fallback:
                     out[i] = self.placement.place(arrays)[0]
                 else:
-                    out[i] = jax.make_array_from_single_device_arrays(
-                        leaf.shape, self.placement.sharding, arrays
-                    )
+                    out[i] = self.placement.assemble(leaf.shape, arrays)
                 nbytes += leaf.size * spec.target_dtype.itemsize
         finally:
             slot.release()
@@ -263,7 +286,7 @@ class CopyConverter:
                 continue
             array = jnp.array(checked_narrow(leaf, spec), device=self.placement.device)
             if self.placement.sharding is not None:
-                array = jax.device_put(array, self.placement.sharding)
+                (array,) = self.placement.place([array])
             out.append(array)
             nbytes += array.nbytes
         return jax.tree_util.tree_unflatten(flat.treedef, out), nbytes

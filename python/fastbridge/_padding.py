@@ -65,3 +65,12 @@ class Padder:
         if tf is not None and any(isinstance(leaf, tf.Tensor) for _, leaf in pairs):
             mask = tf.constant(mask)
         return padded, mask
+
+    def empty_like(self, item: Any) -> tuple[Any, Any]:
+        """A batch that is all padding (zeros, mask all ``False``) shaped like ``item``: what a
+        process that ran out of data yields while the others still have batches."""
+        padded, _ = self(item)
+        zeros = jax.tree_util.tree_map(
+            lambda leaf: np.zeros_like(np.asarray(leaf)), padded, is_leaf=_is_opaque
+        )
+        return zeros, np.zeros(self.full or 0, np.bool_)

@@ -14,6 +14,7 @@ import jax
 
 from ._backends import CopyConverter, DirectConverter, Placement, SlotConverter
 from ._leaves import DtypePolicy, check_policy
+from ._multihost import agree_on_batches, process_count, shard_source
 from ._numpy_ring import NumpyRing
 from ._padding import Padder
 from ._progress import ProgressBar, summary
@@ -119,9 +120,14 @@ class _Pipeline:
         state_source: Any = None,
         first_index: int = 0,
         padder: Padder | None = None,
+        limit: int | None = None,
         x64: bool = False,
     ) -> None:
         self.padder = padder
+        # Batches to yield in all (multi-process streams agree on it); past the source's end,
+        # padded streams fill up with all-padding batches.
+        self.limit = limit
+        self.last_item: Any = None
         self.backend = backend
         self.x64 = x64
         self.ring = ring
@@ -141,11 +147,16 @@ class _Pipeline:
         """Read and prepare one batch: ``(_BATCH, (batch, nbytes, source_state))``,
         ``(_END, None)`` or ``(_ERROR, exception)``. Errors keep their position."""
         index = self.index
+        if self.limit is not None and index >= self.limit:
+            return (_END, None)
         started = time.perf_counter()
+        padded = False
         try:
             item = next(self.iterator)
         except StopIteration:
-            return (_END, None)
+            if self.limit is None or self.padder is None or self.last_item is None:
+                return (_END, None)
+            item, padded = self.padder.empty_like(self.last_item), True
         except Exception as error:
             failure = SourceError(
                 f"the source raised {type(error).__name__} at batch {index}: {error}", index
@@ -155,7 +166,9 @@ class _Pipeline:
         source_state = self.state_source.get_state() if self.state_source is not None else None
         read = time.perf_counter()
         self.source_seconds += read - started
-        if self.padder is not None:
+        if self.limit is not None and not padded:
+            self.last_item = item
+        if self.padder is not None and not padded:
             item = self.padder(item)
         batch, nbytes = self.converter(item, index)
         self.convert_seconds += time.perf_counter() - read
@@ -216,6 +229,7 @@ class Stream(Iterator[T], Generic[T]):
         dtypes: DtypePolicy = "canonical",
         state: dict[str, Any] | None = None,
         service: str | None = None,
+        shard_by_process: bool = True,
         progress: bool = False,
         max_pool_bytes: int | None = None,
         slots: int | None = None,
@@ -249,6 +263,11 @@ class Stream(Iterator[T], Generic[T]):
             from .service import distribute
 
             source = distribute(source, service)
+        limit = None
+        if process_count() > 1:
+            if service is None and shard_by_process:
+                source = shard_source(source, tf_source)
+            limit = agree_on_batches(_known_length(source, tf_source), pad_last=pad_last)
         self._base_state = validate(state) if state is not None else None
         self._started = time.perf_counter()
         self._batches = 0
@@ -274,7 +293,7 @@ class Stream(Iterator[T], Generic[T]):
             converter: Any = CopyConverter(placement, x64=x64, dtypes=dtypes)
             self._pipeline = _Pipeline(
                 "copy", None, converter, iterator,
-                state_source=state_source, first_index=first, padder=padder, x64=x64,
+                state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
             )  # fmt: skip
             self._finalizer = weakref.finalize(self, self._pipeline.close)
             return
@@ -298,7 +317,7 @@ class Stream(Iterator[T], Generic[T]):
             converter = DirectConverter(placement, x64=x64, dtypes=dtypes)
         self._pipeline = _Pipeline(
             self._backend, ring, converter, iterator,
-            state_source=state_source, first_index=first, padder=padder, x64=x64,
+            state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
         )  # fmt: skip
         self._finalizer = weakref.finalize(self, self._pipeline.close)
         thread = threading.Thread(
@@ -454,6 +473,7 @@ def stream(
     dtypes: DtypePolicy = "canonical",
     state: dict[str, Any] | None = None,
     service: str | None = None,
+    shard_by_process: bool = True,
     progress: bool = False,
     max_pool_bytes: int | None = None,
     slots: int | None = None,
@@ -482,6 +502,10 @@ def stream(
       state: a ``Stream.state()`` to resume from.
       service: a tf.data service dispatcher (``"grpc://host:port"``): preprocessing runs on
         its workers (``fastbridge.service.distribute``).
+      shard_by_process: with several JAX processes (``jax.distributed``), read only this
+        process's share of the source and build global arrays across processes (see
+        ``fastbridge._multihost``); ``False`` when the source is already split per process.
+        Either way all processes yield the same number of batches.
       progress: show a progress bar with batches/s and input-wait % (needs tqdm).
       max_pool_bytes: cap on slot memory; growing past it raises ``PoolExhaustedError``.
       slots: slots allocated before the pool counts as grown (default ``prefetch + 2``).
@@ -507,6 +531,7 @@ def stream(
         dtypes=dtypes,
         state=state,
         service=service,
+        shard_by_process=shard_by_process,
         progress=progress,
         max_pool_bytes=max_pool_bytes,
         slots=slots,

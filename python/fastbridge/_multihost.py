@@ -1,0 +1,69 @@
+"""Multi-process (multi-host) streams.
+
+When ``jax.distributed`` runs several processes, each process reads only its share of the
+source (``ds.shard(process_count, process_index)`` for tf.data, every ``process_count``-th item
+for other iterables) and every leaf becomes a global ``jax.Array`` whose batch axis spans all
+processes: process ``p``'s local batch fills rows ``[p * n, (p + 1) * n)``, the standard
+data-parallel layout (a mesh over ``jax.devices()``, which lists devices process by process).
+
+All processes must yield the same number of batches, or the step that follows would hang in
+its collectives. With a known length per process they agree once, at start-up: the shortest
+count wins (the longer processes drop their last batch), or with ``pad_last=True`` the longest
+(the shorter ones add batches that are all padding, mask ``False``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+class _EveryNth:
+    """``source`` restricted to items ``index, index + count, ...`` (re-iterable)."""
+
+    def __init__(self, source: Any, count: int, index: int) -> None:
+        self.source, self.count, self.index = source, count, index
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.source), self.index, None, self.count)
+
+    def __len__(self) -> int:
+        total = len(self.source)
+        return max(0, -(-(total - self.index) // self.count))
+
+
+def shard_source(source: Any, tf_source: bool) -> Any:
+    """This process's share of ``source``."""
+    count, index = jax.process_count(), jax.process_index()
+    if tf_source:
+        return source.shard(count, index)
+    return _EveryNth(source, count, index)
+
+
+def agree_on_batches(local: int | None, *, pad_last: bool) -> int:
+    """The number of batches every process yields (a collective: all processes call it)."""
+    from jax.experimental import multihost_utils
+
+    if local is None:
+        raise ValueError(
+            "with several JAX processes every process must yield the same number of batches, "
+            "so each one's length must be known: give tf.data a known cardinality (e.g. "
+            "ds.apply(tf.data.experimental.assert_cardinality(n))) or pass a source with len()"
+        )
+    counts = np.asarray(multihost_utils.process_allgather(np.int64(local)))
+    return int(counts.max() if pad_last else counts.min())
+
+
+def global_shape(sharding: jax.sharding.Sharding, local_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of the global array that process-local blocks of ``local_shape`` make up."""
+    if sharding.is_fully_addressable or not local_shape:
+        return local_shape
+    return (local_shape[0] * jax.process_count(), *local_shape[1:])

@@ -1,0 +1,121 @@
+"""Two real JAX processes on localhost (CPU, gloo collectives) stream global batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    process, port = int(sys.argv[1]), sys.argv[2]
+    jax.distributed.initialize(
+        coordinator_address=f"localhost:{port}", num_processes=2, process_id=process
+    )
+    import numpy as np
+    import tensorflow as tf
+    from jax.experimental import multihost_utils
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from fastbridge import stream
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    sharding = NamedSharding(mesh, P("data"))
+    # 9 batches of 4: process 0 reads batches 0, 2, 4, 6, 8 and process 1 reads 1, 3, 5, 7.
+    ds = tf.data.Dataset.range(36).map(
+        lambda i: {"x": tf.cast(tf.fill([3], i), tf.float32), "i": tf.cast(i, tf.int32)}
+    ).batch(4)
+    results = {}
+    for backend, pad in [("ring", False), ("ring", True), ("direct", False), ("numpy", True),
+                         ("copy", False)]:
+        out = []
+        with stream(ds, backend=backend, sharding=sharding, pad_last=pad) as batches:
+            for item in batches:
+                batch, mask = item if pad else (item, None)
+                assert batch["x"].shape[0] == 8 and not batch["x"].is_fully_addressable
+                if backend == "ring":  # each local shard aliases this process's slot
+                    ranges = batches._pipeline.converter.slot_ranges
+                    for shard in batch["x"].addressable_shards:
+                        ptr = shard.data.unsafe_buffer_pointer()
+                        assert any(a <= ptr < a + n for a, n in ranges.items()), "copied"
+                row = {
+                    key: multihost_utils.process_allgather(batch[key], tiled=True).tolist()
+                    for key in ("x", "i")
+                }
+                if pad:
+                    row["mask"] = multihost_utils.process_allgather(mask, tiled=True).tolist()
+                out.append(row)
+        results[f"{backend}-{pad}"] = out
+    print("RESULT", json.dumps(results), flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _expected(pad: bool) -> list[dict]:
+    local = [np.arange(4 * b, 4 * b + 4) for b in range(9)]
+    out = []
+    for k in range(5 if pad else 4):
+        rows0 = local[2 * k]
+        rows1 = local[2 * k + 1] if 2 * k + 1 < 9 else None
+        ids = np.concatenate([rows0, rows1 if rows1 is not None else np.zeros(4, int)])
+        row = {"x": np.repeat(ids[:, None], 3, axis=1).astype(float).tolist(), "i": ids.tolist()}
+        if pad:
+            row["mask"] = [True] * 4 + [rows1 is not None] * 4
+        out.append(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results():
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(p), port],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for p in range(2)
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            stdout, stderr = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("a process hung: the two processes did not yield the same batches")
+        assert proc.returncode == 0, stderr[-3000:]
+        line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
+        outputs.append(json.loads(line[len("RESULT ") :]))
+    return outputs
+
+
+@pytest.mark.parametrize(
+    "case", ["ring-False", "ring-True", "direct-False", "numpy-True", "copy-False"]
+)
+def test_global_batches_equal_the_global_data(results, case):
+    pad = case.endswith("True")
+    want = _expected(pad)
+    for process_result in results:
+        got = process_result[case]
+        assert len(got) == len(want), "both processes yield the same number of batches"
+        assert got == want
