@@ -312,8 +312,8 @@ class Stream(Iterator[T], Generic[T]):
                 _core.Ring(**ring_args) if self._backend == "ring" else NumpyRing(**ring_args)
             )  # type: ignore[arg-type]
             converter = SlotConverter(ring, placement, x64=x64, dtypes=dtypes)
-        else:  # direct: the ready queue only, no slots
-            ring = NumpyRing(prefetch=prefetch, slots=1)
+        else:  # direct: the ready queue only (the core's is lock-free), no slots
+            ring = (_core.Ring if _core is not None else NumpyRing)(prefetch=prefetch, slots=1)
             converter = DirectConverter(placement, x64=x64, dtypes=dtypes)
         self._pipeline = _Pipeline(
             self._backend, ring, converter, iterator,
