@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import threading
@@ -18,7 +19,14 @@ from ._multihost import agree_on_batches, process_count, shard_source
 from ._numpy_ring import NumpyRing
 from ._padding import Padder
 from ._progress import ProgressBar, summary
-from ._state import STATE_VERSION, is_tf_dataset, restore, validate
+from ._state import (
+    STATE_VERSION,
+    encode_items,
+    is_tf_dataset,
+    restore,
+    save_tf_iterator,
+    validate,
+)
 from .errors import SourceError, StreamClosedError
 
 try:
@@ -128,6 +136,10 @@ class _Pipeline:
         # padded streams fill up with all-padding batches.
         self.limit = limit
         self.last_item: Any = None
+        # checkpoint=True: batches read from the source and not yet delivered, and a lock the
+        # producer holds while it reads, so that state() can stop it between two reads.
+        self.read_lock = threading.Lock()
+        self.unconsumed: collections.deque[Any] | None = None
         self.backend = backend
         self.x64 = x64
         self.ring = ring
@@ -152,7 +164,10 @@ class _Pipeline:
         started = time.perf_counter()
         padded = False
         try:
-            item = next(self.iterator)
+            with self.read_lock:
+                item = next(self.iterator)
+                if self.unconsumed is not None:
+                    self.unconsumed.append(item)
         except StopIteration:
             if self.limit is None or self.padder is None or self.last_item is None:
                 return (_END, None)
@@ -173,7 +188,7 @@ class _Pipeline:
         batch, nbytes = self.converter(item, index)
         self.convert_seconds += time.perf_counter() - read
         self.index += 1
-        return (_BATCH, (batch, nbytes, source_state))
+        return (_BATCH, (batch, nbytes, source_state, not padded))
 
     def produce(self) -> None:
         # JAX's x64 switch can be thread-local (``with jax.enable_x64():``); the producer
@@ -228,6 +243,7 @@ class Stream(Iterator[T], Generic[T]):
         batch_size: int | None = None,
         dtypes: DtypePolicy = "canonical",
         state: dict[str, Any] | None = None,
+        checkpoint: bool = False,
         service: str | None = None,
         shard_by_process: bool = True,
         progress: bool = False,
@@ -278,12 +294,17 @@ class Stream(Iterator[T], Generic[T]):
 
         placement = Placement(self._device, sharding)
         wants_numpy = self._backend in ("ring", "numpy", "copy")
-        iterator = restore(source, self._base_state, tf_source, numpy=wants_numpy)
-        state_source = iterator
+        if checkpoint and not tf_source:
+            raise ValueError(
+                "checkpoint=True applies to tf.data sources; other iterables resume exactly "
+                "through their iterator's get_state()/set_state(), or by replaying"
+            )
+        iterator, state_source = restore(source, self._base_state, tf_source, wants_numpy)
+        self._tf_iterator = state_source
         if self._base_state is not None:
             self._source_state = self._base_state.get("source")
-        elif hasattr(iterator, "get_state"):
-            self._source_state = iterator.get_state()
+        elif hasattr(state_source, "get_state"):
+            self._source_state = state_source.get_state()
         padder = Padder(batch_size) if pad_last else None
         total = _known_length(source, tf_source)
         self._progress = ProgressBar(total, self._backend) if progress else None
@@ -295,6 +316,8 @@ class Stream(Iterator[T], Generic[T]):
                 "copy", None, converter, iterator,
                 state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
             )  # fmt: skip
+            if checkpoint:
+                self._pipeline.unconsumed = collections.deque()
             self._finalizer = weakref.finalize(self, self._pipeline.close)
             return
 
@@ -319,6 +342,8 @@ class Stream(Iterator[T], Generic[T]):
             self._backend, ring, converter, iterator,
             state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
         )  # fmt: skip
+        if checkpoint:
+            self._pipeline.unconsumed = collections.deque()
         self._finalizer = weakref.finalize(self, self._pipeline.close)
         thread = threading.Thread(
             target=self._pipeline.produce,
@@ -353,7 +378,9 @@ class Stream(Iterator[T], Generic[T]):
             self._wait += time.perf_counter() - started
         kind, payload = entry
         if kind == _BATCH:
-            batch, nbytes, source_state = payload
+            batch, nbytes, source_state, from_source = payload
+            if from_source and self._pipeline.unconsumed is not None:
+                self._pipeline.unconsumed.popleft()
             self._batches += 1
             self._bytes += nbytes
             self._source_state = source_state
@@ -370,11 +397,19 @@ class Stream(Iterator[T], Generic[T]):
         """A JSON-serializable position: resume with ``stream(source, state=...)`` to get
         exactly the batches after the last one this stream delivered (see ``_state``)."""
         before = self._base_state["batches"] if self._base_state else 0
-        return {
+        state: dict[str, Any] = {
             "version": STATE_VERSION,
             "batches": before + self._batches,
             "source": self._source_state,
         }
+        pipeline = self._pipeline
+        if pipeline.unconsumed is not None:
+            # Stop the producer between two reads: the iterator's state plus the batches it
+            # read ahead are then exactly "after the last delivered batch".
+            with pipeline.read_lock:
+                state["tf_iterator"] = save_tf_iterator(self._tf_iterator)
+                state["pending"] = encode_items(list(pipeline.unconsumed))
+        return state
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -472,6 +507,7 @@ def stream(
     batch_size: int | None = None,
     dtypes: DtypePolicy = "canonical",
     state: dict[str, Any] | None = None,
+    checkpoint: bool = False,
     service: str | None = None,
     shard_by_process: bool = True,
     progress: bool = False,
@@ -500,6 +536,10 @@ def stream(
         ``"keep"`` (64-bit leaves stay 64-bit; needs x64), or ``{leaf path: dtype}`` such as
         ``{"['image']": "float32"}``, converted on the producer thread.
       state: a ``Stream.state()`` to resume from.
+      checkpoint: for tf.data sources, make ``state()`` save the dataset iterator's own state
+        and the batches read ahead, so resuming is exact for any pipeline (unseeded shuffles
+        included) and re-reads nothing; costs holding up to ``prefetch + 1`` source batches
+        until they are delivered. Without it tf.data streams resume by replaying (``skip``).
       service: a tf.data service dispatcher (``"grpc://host:port"``): preprocessing runs on
         its workers (``fastbridge.service.distribute``).
       shard_by_process: with several JAX processes (``jax.distributed``), read only this
@@ -530,6 +570,7 @@ def stream(
         batch_size=batch_size,
         dtypes=dtypes,
         state=state,
+        checkpoint=checkpoint,
         service=service,
         shard_by_process=shard_by_process,
         progress=progress,
