@@ -135,3 +135,18 @@ def test_bad_sources_and_devices_are_type_errors():
 def test_every_error_is_a_fastbridge_error():
     for name in fastbridge.errors.__all__:
         assert issubclass(getattr(fastbridge, name), fastbridge.FastbridgeError)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_large_int64_leaves_are_narrowed_exactly_or_refused(backend):
+    """Large leaves take the core's one-pass converting copy (direct/copy backends) or the
+    slot fill (ring/numpy): same values, same refusal to wrap."""
+    good = np.arange(-50_000, 50_000, dtype=np.int64) * 20_000
+    bad = good.copy()
+    bad[77_777] = -(2**40)
+    with stream([{"big": good}, {"big": bad}], backend=backend) as s:
+        first = next(s)
+        assert first["big"].dtype == np.int32
+        np.testing.assert_array_equal(np.asarray(first["big"]), good)
+        with pytest.raises(LeafOverflowError, match=r"\['big'\] has value -1099511627776"):
+            next(s)
