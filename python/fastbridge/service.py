@@ -5,14 +5,7 @@ pipeline on worker machines and streams the elements back. :func:`distribute` va
 arguments and applies ``tf.data.experimental.service.distribute``; :class:`LocalService` starts
 a dispatcher and workers in this process, for tests, docs and single-machine experiments.
 
->>> import tensorflow as tf
->>> from fastbridge import stream
->>> from fastbridge.service import LocalService, distribute
->>> ds = tf.data.Dataset.range(8).batch(4)
->>> with LocalService(num_workers=2) as service:  # doctest: +SKIP
-...     with stream(distribute(ds, service.target), backend="numpy") as batches:
-...         sorted(int(x) for batch in batches for x in batch)
-[0, 1, 2, 3, 4, 5, 6, 7]
+See :class:`LocalService` for a runnable example of both together.
 
 TensorFlow is imported only when one of these is called, so ``import fastbridge`` stays cheap.
 """
