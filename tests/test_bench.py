@@ -104,6 +104,57 @@ def test_targets_are_ratios_with_verdicts():
     assert "MISSED" in text and "met" in text and "not measured" in text
 
 
+def test_targets_pair_rounds_so_drift_cancels():
+    # The machine slows down 2x between rounds; within each round path 3 is 0.98x auto's wall
+    # time. Each round's ratio is the same, so the drift cannot show in the paired ratio.
+    samples = []
+    for rep, speed in enumerate([1.0, 2.0, 1.0, 2.0, 2.0]):
+        for path, wall in (("dlpack", 5e-3), ("auto", 5e-3 / 0.98)):
+            samples.append(
+                {
+                    "scenario": "handoff",
+                    "layout": "f32",
+                    "size_bytes": 1 << 20,
+                    "path": path,
+                    "rep": rep,
+                    "wall_s": wall * speed,
+                    "consumer_s": wall * speed / 100,
+                }
+            )
+    samples[-1]["wall_s"] = 5e-3 * 2.0 / 0.90  # one noisy round shows in the range
+    summary = report.summarize(samples)
+    targets = report.check_targets(summary, samples)
+    wall = next(t for t in targets if t["target"] == "auto wall time vs path 3")
+    assert wall["ratio"] == pytest.approx(1 / 0.98)
+    assert wall["low"] == pytest.approx(1 / 0.98) and wall["high"] == pytest.approx(1 / 0.90)
+    assert wall["met"] is True
+    line = report.target_lines([wall])[0]
+    assert line[2] == "1.020 [1.020-1.111]"
+    # Without samples: the ratio of the medians, and no range.
+    unpaired = report.check_targets(summary)
+    wall = next(t for t in unpaired if t["target"] == "auto wall time vs path 3")
+    assert wall["low"] is None and wall["high"] is None
+
+
+def test_e2e_target_pairs_auto_with_the_best_anchor():
+    samples = [
+        {
+            "scenario": "e2e",
+            "layout": "",
+            "size_bytes": 1,
+            "path": path,
+            "rep": rep,
+            "steps_per_s": rate,
+        }
+        for rep in range(3)
+        for path, rate in (("dlpack", 70.0 + rep), ("device_put", 60.0), ("auto", 71.0 + rep))
+    ]
+    targets = report.check_targets(report.summarize(samples), samples)
+    (e2e,) = [t for t in targets if t["target"].startswith("end-to-end")]
+    assert e2e["where"] == "e2e, vs path 3"
+    assert e2e["ratio"] == pytest.approx(72.0 / 71.0) and e2e["met"] is True
+
+
 def _check_schema(result):
     meta = result["meta"]
     for key in ("started", "argv", "args", "machine", "paths", "seconds", "step_seconds"):
@@ -142,8 +193,10 @@ def _check_schema(result):
             assert set(stats) == {"median", "min", "max"}
             assert stats["min"] <= stats["median"] <= stats["max"]
     for t in result["targets"]:
-        assert set(t) == {"target", "where", "ratio", "op", "threshold", "met"}
+        assert set(t) == {"target", "where", "ratio", "low", "high", "op", "threshold", "met"}
         assert t["met"] in (True, False, None)
+        if t["low"] is not None:  # rounds were paired: the median lies within their range
+            assert t["low"] <= t["ratio"] <= t["high"]
     # The tutorial copy always copies on the consumer; fastbridge never does.
     by = {(s["scenario"], s["path"]): s for s in result["samples"]}
     assert by[("handoff", "tutorial")]["consumer_copied_bytes"] > 0

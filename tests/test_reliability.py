@@ -60,7 +60,10 @@ COLS = 16
 def batch_for(index: int) -> dict[str, np.ndarray]:
     rows = ROWS[index % len(ROWS)]
     x = np.arange(rows * COLS, dtype=np.float32).reshape(rows, COLS) + np.float32(index * 1000)
-    return {"x": x, "i": np.array([index, -index, 7], dtype=np.int32)}
+    # ``i`` is int64 so every backend narrows it (JAX's x64 is off): ``direct`` puts narrowed
+    # leaves in slots too, and the row count varies so those slots get replaced as well.
+    i = np.concatenate([[index, -index, 7], np.arange(rows) - index]).astype(np.int64)
+    return {"x": x, "i": i}
 
 
 def expected_sum(index: int) -> float:
@@ -74,7 +77,8 @@ def check_batch(batch: dict, index: int) -> None:
     np.testing.assert_array_equal(np.asarray(batch["i"]), expected["i"], err_msg=f"batch {index}")
 
 
-MAX_SLOT_BYTES = -(-(64 * 5 + max(ROWS) * COLS * 4) // PAGE) * PAGE  # both leaves, 64-aligned
+# Both leaves (``i`` narrowed to int32), each 64-byte aligned, in whole pages.
+MAX_SLOT_BYTES = -(-(64 * 5 + max(ROWS) * COLS * 4 + (3 + max(ROWS)) * 4) // PAGE) * PAGE
 
 
 @jax.jit
@@ -225,6 +229,12 @@ class NumpyLifetimes(StreamLifetimes):
     backend = "numpy"
 
 
+class DirectLifetimes(StreamLifetimes):
+    """``direct`` aliases ``x`` and writes only the narrowed ``i`` into slots."""
+
+    backend = "direct"
+
+
 _STATEFUL = settings(
     max_examples=20,
     stateful_step_count=30,
@@ -236,6 +246,8 @@ TestRingLifetimes = RingLifetimes.TestCase
 TestRingLifetimes.settings = _STATEFUL
 TestNumpyLifetimes = NumpyLifetimes.TestCase
 TestNumpyLifetimes.settings = _STATEFUL
+TestDirectLifetimes = DirectLifetimes.TestCase
+TestDirectLifetimes.settings = _STATEFUL
 
 
 # -- soak --------------------------------------------------------------------------------------

@@ -144,3 +144,19 @@ def test_x64_mode_keeps_wide_dtypes():
             (got,) = list(batches)
         assert got["d"].dtype == np.float64
         assert got["i"].dtype == np.int64 and int(got["i"][0]) == 2**40
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("source", ["tf.data", "numpy"])
+def test_dtypes_cast_applies_to_every_backend_and_source(backend, source):
+    # A per-leaf cast asked for with dtypes= (not a narrowing the core does) must be honoured
+    # for TensorFlow's EagerTensors too, where direct otherwise hands the buffer through.
+    data = {"x": np.linspace(-2, 2, 32, dtype=np.float32).reshape(4, 8), "y": np.arange(4)}
+    ds = tf.data.Dataset.from_tensors(data).repeat(2)
+    items = ds if source == "tf.data" else [data, data]
+    with stream(items, backend=backend, dtypes={"['x']": "float16"}) as batches:
+        got = list(batches)
+    assert len(got) == 2
+    for b in got:
+        assert (b["x"].dtype, b["y"].dtype) == (np.float16, np.int32)
+        np.testing.assert_array_equal(np.asarray(b["x"]), data["x"].astype(np.float16))

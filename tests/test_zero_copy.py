@@ -103,6 +103,46 @@ def test_direct_aliases_tensorflow_buffers():
     del tensor
 
 
+def test_direct_narrows_64_bit_leaves_into_recycled_slots():
+    # With JAX's x64 off, int64/float64 leaves cannot alias their source: direct writes them
+    # into the core's slots (reused, no fresh pages per batch) and aliases every other leaf.
+    rng = np.random.default_rng(1)
+    batch = {
+        "ids": rng.integers(-(2**31), 2**31, (64, 512), dtype=np.int64),
+        "price": rng.normal(size=(64, 512)),
+        "image": rng.integers(0, 256, (64, 512), dtype=np.uint8),
+    }
+    ds = tf.data.Dataset.from_tensors(batch).repeat(30)
+    with stream(ds, backend="direct", prefetch=2) as batches:
+        ranges = batches._pipeline.converter.slots.slot_ranges
+        used = []
+        for b in batches:
+            assert (b["ids"].dtype, b["price"].dtype, b["image"].dtype) == (
+                np.int32,
+                np.float32,
+                np.uint8,
+            )
+            ids, price = b["ids"].unsafe_buffer_pointer(), b["price"].unsafe_buffer_pointer()
+            assert _slot_of(ids, ranges) is not None, "the narrowed leaf is not in a slot"
+            assert _slot_of(ids, ranges) == _slot_of(price, ranges), "one slot per batch"
+            assert _slot_of(b["image"].unsafe_buffer_pointer(), ranges) is None
+            used.append(_slot_of(ids, ranges))
+            np.testing.assert_array_equal(np.asarray(b["ids"]), batch["ids"])
+            np.testing.assert_array_equal(np.asarray(b["price"]), batch["price"].astype(np.float32))
+            del b
+        stats = batches.stats
+    assert len(set(used)) <= stats.slots <= 4, "slots are recycled, not reallocated"
+    assert stats.bytes_copied == 30 * (batch["ids"].nbytes + batch["price"].nbytes) // 2
+
+
+def test_direct_without_narrowing_takes_no_slot():
+    ds = tf.data.Dataset.from_tensors(np.ones((64, 64), np.float32)).repeat(5)
+    with stream(ds, backend="direct") as batches:
+        assert len(list(batches)) == 5
+        stats = batches.stats
+    assert (stats.slots, stats.pool_bytes, stats.bytes_copied) == (0, 0, 0)
+
+
 def test_pinned_memory_is_reported():
     batch = np.ones((16, 16), np.float32)
     with stream([batch] * 3, backend="ring", pin_memory=False) as batches:

@@ -16,9 +16,11 @@ import numpy as np
 
 from ._leaves import (
     _DL_BFLOAT,
+    CAST,
     COPY,
     DtypePolicy,
     Flattener,
+    LeafSpec,
     _is_opaque,
     checked_narrow,
     overflow_error,
@@ -128,13 +130,23 @@ class SlotConverter:
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         flat = self.flatten(item, index)
+        todo = [i for i, spec in enumerate(flat.specs) if not spec.passthrough]
+        arrays, nbytes = self.write([flat.leaves[i] for i in todo], [flat.specs[i] for i in todo])
+        out: list[Any] = list(flat.leaves)
+        for i, array in zip(todo, arrays, strict=True):
+            out[i] = array
+        return jax.tree_util.tree_unflatten(flat.treedef, out), nbytes
+
+    def write(self, leaves: list[np.ndarray], specs: list[LeafSpec]) -> tuple[list[jax.Array], int]:
+        """Fill one slot with ``leaves`` (converted as ``specs`` say) and import each leaf from
+        it without a copy. Returns the arrays, in order, and the bytes they hold."""
+        if not leaves:
+            return [], 0
         # Plan: (leaf index, row start, row stop, devices, offset) per block.
         plan: list[tuple[int, int, int, list[jax.Device], int]] = []
         end = 0
         fallback: set[int] = set()
-        for i, (spec, leaf) in enumerate(zip(flat.specs, flat.leaves, strict=True)):
-            if spec.passthrough:
-                continue
+        for i, (spec, leaf) in enumerate(zip(specs, leaves, strict=True)):
             blocks = self.placement.row_blocks(leaf.shape)
             if not blocks:
                 fallback.add(i)
@@ -152,7 +164,7 @@ class SlotConverter:
             self.slot_ranges[slot.address] = slot.capacity
             work = []
             for i, start, stop, _, offset in plan:
-                leaf, spec = flat.leaves[i], flat.specs[i]
+                leaf, spec = leaves[i], specs[i]
                 part = leaf[start:stop] if leaf.ndim else leaf
                 source = _as_bytes(part) if spec.fill_code == COPY else part.reshape(-1)
                 work.append((source, offset, spec.fill_code))
@@ -160,12 +172,10 @@ class SlotConverter:
                 slot.fill(work)
             except OverflowError as error:
                 block, value = error.args
-                raise overflow_error(flat.specs[plan[block][0]], value) from None
-            out: list[Any] = list(flat.leaves)
+                raise overflow_error(specs[plan[block][0]], value) from None
             shards: dict[int, list[jax.Array]] = {}
-            nbytes = 0
             for i, start, stop, devices, offset in plan:
-                leaf, spec = flat.leaves[i], flat.specs[i]
+                leaf, spec = leaves[i], specs[i]
                 code, bits = spec.dlpack
                 shape = [stop - start, *leaf.shape[1:]] if leaf.ndim else []
                 bfloat = code == _DL_BFLOAT
@@ -174,18 +184,20 @@ class SlotConverter:
                     hardware_id = device.local_hardware_id if self.on_cpu else 0
                     exporter = slot.export(offset, shape, code, bits, hardware_id or 0)
                     shards.setdefault(i, []).append(self._import(exporter, device, bfloat))
-            for i, arrays in shards.items():
-                spec, leaf = flat.specs[i], flat.leaves[i]
-                if self.placement.sharding is None:
-                    out[i] = arrays[0]
-                elif i in fallback:
-                    out[i] = self.placement.place(arrays)[0]
-                else:
-                    out[i] = self.placement.assemble(leaf.shape, arrays)
-                nbytes += leaf.size * spec.target_dtype.itemsize
         finally:
             slot.release()
-        return jax.tree_util.tree_unflatten(flat.treedef, out), nbytes
+        out: list[jax.Array] = []
+        nbytes = 0
+        for i, (leaf, spec) in enumerate(zip(leaves, specs, strict=True)):
+            arrays = shards[i]
+            if self.placement.sharding is None:
+                out.append(arrays[0])
+            elif i in fallback:
+                out.append(self.placement.place(arrays)[0])
+            else:
+                out.append(self.placement.assemble(leaf.shape, arrays))
+            nbytes += leaf.size * spec.target_dtype.itemsize
+        return out, nbytes
 
 
 def _tf() -> Any:
@@ -194,14 +206,30 @@ def _tf() -> Any:
 
 class DirectConverter:
     """No ring: hand the source's own buffers to JAX (DLPack from TensorFlow's EagerTensors,
-    ``device_put`` of NumPy arrays, which aliases 64-byte-aligned memory on CPU)."""
+    ``device_put`` of NumPy arrays, which aliases 64-byte-aligned memory on CPU).
+
+    Leaves that must be narrowed (64-bit data with JAX's x64 off) cannot alias the source. With
+    ``slots``, they are written, range-checked, into a reused slot of the core's pool in one
+    GIL-free pass, so no batch pays for fresh pages; without it, into new aligned memory.
+    """
 
     def __init__(
-        self, placement: Placement, *, x64: bool, dtypes: DtypePolicy = "canonical"
+        self,
+        placement: Placement,
+        *,
+        x64: bool,
+        dtypes: DtypePolicy = "canonical",
+        slots: SlotConverter | None = None,
     ) -> None:
         self.placement = placement
         self.flatten = Flattener(x64=x64, dtypes=dtypes)
+        self.slots = slots
         self._checked = False
+
+    @property
+    def acquire_seconds(self) -> float:
+        """Time spent waiting for a slot for narrowed leaves (the consumer held them all)."""
+        return self.slots.acquire_seconds if self.slots is not None else 0.0
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         tf = _tf()
@@ -210,12 +238,34 @@ class DirectConverter:
         flat = self.flatten(item, index)
         out: list[Any] = list(flat.leaves)
         todo = [i for i, spec in enumerate(flat.specs) if not spec.passthrough]
-        arrays = [checked_narrow(flat.leaves[i], flat.specs[i]) for i in todo]
-        nbytes = 0
-        for i, array in zip(todo, self.placement.place(arrays), strict=True):
-            out[i] = array
-            nbytes += array.nbytes
+        nbytes = self._convert(out, [(i, flat.leaves[i], flat.specs[i]) for i in todo])
         return jax.tree_util.tree_unflatten(flat.treedef, out), nbytes
+
+    def _convert(self, out: list[Any], leaves: list[tuple[int, Any, LeafSpec]]) -> int:
+        """Put each ``(position, leaf, spec)`` into ``out[position]`` as a ``jax.Array``: the
+        narrowed ones through a slot (or new memory), the rest without a copy where JAX can."""
+        positions = [i for i, _, _ in leaves]
+        narrowed = [entry for entry in leaves if entry[2].conversion not in (COPY, CAST)]
+        if narrowed and self.slots is not None:
+            arrays, _ = self.slots.write(
+                [leaf for _, leaf, _ in narrowed], [spec for _, _, spec in narrowed]
+            )
+            for (i, _, _), array in zip(narrowed, arrays, strict=True):
+                out[i] = array
+            leaves = [entry for entry in leaves if entry[2].conversion in (COPY, CAST)]
+        to_place: list[tuple[int, Any]] = []
+        for i, leaf, spec in leaves:
+            if not isinstance(leaf, np.ndarray) and self.placement.sharding is None:
+                out[i] = jax.dlpack.from_dlpack(leaf, device=self.placement.device)
+            elif not isinstance(leaf, np.ndarray):
+                to_place.append((i, jax.dlpack.from_dlpack(leaf)))
+            else:
+                to_place.append((i, checked_narrow(leaf, spec)))
+        if to_place:
+            placed = self.placement.place([array for _, array in to_place])
+            for (i, _), array in zip(to_place, placed, strict=True):
+                out[i] = array
+        return sum(out[i].nbytes for i in positions)
 
     def _from_tensors(self, item: Any, index: int, tf: Any) -> tuple[Any, int]:
         pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=_is_opaque)
@@ -226,40 +276,31 @@ class DirectConverter:
             self._checked = True
         specs = self.flatten._specs
         out: list[Any] = []
-        to_place: list[tuple[int, Any]] = []
+        todo: list[tuple[int, Any, LeafSpec]] = []
         for (path, leaf), spec in zip(pairs, specs, strict=True):
-            name = path_name(path)
             if spec.passthrough:
                 out.append(leaf.numpy() if isinstance(leaf, tf.Tensor) else leaf)
                 continue
-            if isinstance(leaf, np.ndarray):
-                to_place.append((len(out), checked_narrow(leaf, spec)))
-                out.append(None)
-                continue
-            if not isinstance(leaf, tf.Tensor):
+            if not isinstance(leaf, (np.ndarray, tf.Tensor)):
                 raise UnsupportedLeafError(
-                    f"leaf {name} is a {type(leaf).__name__}: ragged and sparse tensors have "
-                    "no dense layout; convert them first (e.g. .to_tensor())",
-                    name,
+                    f"leaf {path_name(path)} is a {type(leaf).__name__}: ragged and sparse "
+                    "tensors have no dense layout; convert them first (e.g. .to_tensor())",
+                    path_name(path),
                 )
-            if spec.conversion != COPY:
-                to_place.append((len(out), checked_narrow(leaf.numpy(), spec)))
-                out.append(None)
-            elif self.placement.sharding is None:
-                out.append(jax.dlpack.from_dlpack(leaf, device=self.placement.device))
-            else:
-                to_place.append((len(out), jax.dlpack.from_dlpack(leaf)))
-                out.append(None)
-        if to_place:
-            placed = self.placement.place([array for _, array in to_place])
-            for (i, _), array in zip(to_place, placed, strict=True):
-                out[i] = array
-        nbytes = sum(a.nbytes for a in out if isinstance(a, jax.Array))
+            if isinstance(leaf, tf.Tensor) and spec.conversion != COPY:
+                # A view of TensorFlow's buffer: ``.numpy()`` would copy it first.
+                leaf = np.asarray(leaf)
+            if spec.conversion == CAST:
+                leaf = leaf.astype(spec.target_dtype)
+            todo.append((len(out), leaf, spec))
+            out.append(None)
+        nbytes = self._convert(out, todo)
         return jax.tree_util.tree_unflatten(treedef, out), nbytes
 
 
 def _to_numpy(leaf: Any) -> Any:
-    return leaf.numpy() if hasattr(leaf, "numpy") and not _is_opaque(leaf) else leaf
+    # ``np.asarray`` of an EagerTensor is a view of its buffer; ``.numpy()`` is a copy.
+    return np.asarray(leaf) if hasattr(leaf, "numpy") and not _is_opaque(leaf) else leaf
 
 
 def _has_tensors(item: Any, tf: Any) -> bool:

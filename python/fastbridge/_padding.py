@@ -58,7 +58,7 @@ class Padder:
             mask[:n] = True
             leaves = []
             for _, leaf in pairs:
-                array = np.asarray(leaf.numpy() if hasattr(leaf, "numpy") else leaf)
+                array = np.asarray(leaf)  # an EagerTensor's buffer, without a copy
                 pad = np.zeros((full - n, *array.shape[1:]), array.dtype)
                 leaves.append(np.concatenate([array, pad]))
             padded = jax.tree_util.tree_unflatten(treedef, leaves)

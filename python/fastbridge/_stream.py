@@ -58,7 +58,8 @@ class StreamStats:
     producer_busy_seconds: float
     """Time the producer spent reading the source and preparing batches (not waiting)."""
     bytes_copied: int
-    """Bytes copied into ring slots (0 for ``direct``; counted on the consumer for ``copy``)."""
+    """Bytes copied into ring slots: every leaf for ``ring`` and ``numpy``, only the narrowed ones
+    (64-bit leaves with JAX's x64 off) for ``direct``, all on the consumer for ``copy``."""
     pinned: bool
     """Whether every slot's memory is locked in RAM (or registered with CUDA)."""
     slots: int
@@ -335,8 +336,14 @@ class Stream(Iterator[T], Generic[T]):
                 _core.Ring(**ring_args) if self._backend == "ring" else NumpyRing(**ring_args)
             )  # type: ignore[arg-type]
             converter = SlotConverter(ring, placement, x64=x64, dtypes=dtypes)
-        else:  # direct: the ready queue only (the core's is lock-free), no slots
-            ring = (_core.Ring if _core is not None else NumpyRing)(prefetch=prefetch, slots=1)
+        elif _core is not None:
+            # direct: the core's lock-free ready queue, and slots only for leaves that must be
+            # narrowed (allocated on first use, so a batch that aliases its source takes none).
+            ring = _core.Ring(**ring_args)  # type: ignore[arg-type]
+            narrowing = SlotConverter(ring, placement, x64=x64, dtypes=dtypes)
+            converter = DirectConverter(placement, x64=x64, dtypes=dtypes, slots=narrowing)
+        else:  # direct without the core: NumPy narrows into fresh memory
+            ring = NumpyRing(prefetch=prefetch, slots=1)
             converter = DirectConverter(placement, x64=x64, dtypes=dtypes)
         self._pipeline = _Pipeline(
             self._backend, ring, converter, iterator,
@@ -439,7 +446,10 @@ class Stream(Iterator[T], Generic[T]):
     @property
     def stats(self) -> StreamStats:
         ring = self._pipeline.ring
-        slot_backend = self._backend in ("ring", "numpy")
+        # direct uses the core's slots only for narrowed leaves; its stats say how many.
+        slot_backend = self._backend in ("ring", "numpy") or (
+            self._backend == "direct" and getattr(self._pipeline.converter, "slots", None)
+        )
         ring_stats: dict[str, Any] = {}
         if slot_backend:
             ring_stats = self._pipeline.final_ring_stats or ring.stats()
