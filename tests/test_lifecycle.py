@@ -120,3 +120,28 @@ def test_iterating_after_close_and_reentering():
         next(s)
     s.close()  # idempotent
     assert "closed" in repr(s)
+
+
+def _copy_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("fastbridge-numpy-copy")]
+
+
+def test_numpy_ring_splits_large_copies_and_stops_its_threads():
+    # Above 4 MiB a leaf is copied in parts on copy_threads threads, as the core does; the
+    # parts must meet exactly (no gap, no overlap), conversions included, and the helper
+    # threads must end with the stream.
+    rng = np.random.default_rng(3)
+    batches = [
+        {
+            "x": rng.normal(size=(16, 40_001)),  # 5 MiB of float64, narrowed, odd length
+            "b": rng.integers(0, 256, (5 << 20) + 3, dtype=np.uint8),
+        }
+        for _ in range(3)
+    ]
+    with stream(batches, backend="numpy", prefetch=1, copy_threads=3) as s:
+        got = list(s)
+        assert len(_copy_threads()) == 2, "two helpers beside the producer thread"
+    for g, want in zip(got, batches, strict=True):
+        np.testing.assert_array_equal(np.asarray(g["x"]), want["x"].astype(np.float32))
+        np.testing.assert_array_equal(np.asarray(g["b"]), want["b"])
+    assert wait_until(lambda: not _copy_threads()), _copy_threads()

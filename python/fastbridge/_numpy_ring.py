@@ -10,10 +10,12 @@ JAX's deleter runs, and a ``weakref.finalize`` on the view then gives the slot b
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,9 @@ from .errors import PoolExhaustedError, StreamClosedError
 PAGE_SIZE = 4096
 LEAF_ALIGN = 64
 _SIGNAL_POLL = 0.05
+# Leaves at least this large are copied in parts on ``copy_threads`` threads (NumPy releases
+# the GIL while it copies), as the core does above the same size (copy.rs).
+PARALLEL_BYTES = 4 << 20
 
 _TARGET = {
     F64_TO_F32: np.float32,
@@ -102,7 +107,7 @@ class NumpySlot:
                 lo, hi = array.min(), array.max()
                 if lo < info.min or hi > info.max:
                     raise OverflowError(index, str(lo if lo < info.min else hi))
-            np.copyto(dest, array, casting="unsafe")
+            self._ring._copy(dest, array)
             copied += nbytes
         self._ring._count_fill(copied, time.perf_counter() - started)
 
@@ -142,7 +147,11 @@ class NumpyRing:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        del lock, cuda, copy_threads  # NumPy can neither pin nor split copies
+        if copy_threads < 1:
+            raise ValueError(f"copy_threads must be >= 1, got {copy_threads}")
+        del lock, cuda  # NumPy can neither pin memory nor register it with CUDA
+        self._copy_threads = copy_threads
+        self._copier: ThreadPoolExecutor | None = None  # started by the first large copy
         self._prefetch = prefetch
         self._target_slots = slots
         self._max_bytes = max_bytes
@@ -219,6 +228,34 @@ class NumpyRing:
                 self._free.append(slot)
             self._cond.notify_all()
 
+    def _copy(self, dest: np.ndarray, source: np.ndarray) -> None:
+        """``dest[...] = source`` (converting), split across threads when it is large."""
+        threads = self._copy_threads
+        if threads == 1 or source.nbytes < PARALLEL_BYTES or source.size < threads:
+            np.copyto(dest, source, casting="unsafe")
+            return
+        with self._cond:
+            if self._copier is None and not self._closed:
+                self._copier = ThreadPoolExecutor(threads - 1, "fastbridge-numpy-copy")
+            copier = self._copier
+        flat_dest, flat_source = dest.reshape(-1), source.reshape(-1)
+        bounds = [source.size * k // threads for k in range(threads + 1)]
+        parts = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        pending = []
+        for part in parts[1:]:
+            try:
+                if copier is None:
+                    raise RuntimeError("closed")
+                future = copier.submit(
+                    np.copyto, flat_dest[part], flat_source[part], casting="unsafe"
+                )
+                pending.append(future)
+            except RuntimeError:  # the ring was closed meanwhile: finish on this thread
+                np.copyto(flat_dest[part], flat_source[part], casting="unsafe")
+        np.copyto(flat_dest[parts[0]], flat_source[parts[0]], casting="unsafe")
+        for future in pending:
+            future.result()
+
     def _count_fill(self, nbytes: int, seconds: float) -> None:
         with self._cond:
             self._fills += 1
@@ -269,6 +306,9 @@ class NumpyRing:
                 self._slots -= 1
                 self._bytes -= slot.buffer.nbytes
             self._cond.notify_all()
+            copier, self._copier = self._copier, None
+        if copier is not None:
+            copier.shutdown(wait=False)  # its threads exit once a running fill's parts finish
         del dropped  # outside the lock: dropping batches runs finalizers that take it
 
     @property
