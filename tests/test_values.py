@@ -160,3 +160,26 @@ def test_dtypes_cast_applies_to_every_backend_and_source(backend, source):
     for b in got:
         assert (b["x"].dtype, b["y"].dtype) == (np.float16, np.int32)
         np.testing.assert_array_equal(np.asarray(b["x"]), data["x"].astype(np.float16))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_tensors_mixed_with_numpy_leaves_and_scalars(backend):
+    # A source may yield EagerTensors next to NumPy arrays (big-endian, strided) and Python
+    # scalars; every backend treats the NumPy side exactly as it would for a NumPy source.
+    ids = np.arange(-5, 5, dtype=">i8")
+    strided = np.arange(40, dtype=np.float64).reshape(10, 4)[:, ::2]
+
+    def source():
+        for i in range(3):
+            yield {"t": tf.constant(np.full((10, 3), i, np.float32)), "ids": ids + i,
+                   "strided": strided * i, "step": i}  # fmt: skip
+
+    with stream(source(), backend=backend) as batches:
+        got = list(batches)
+    assert len(got) == 3
+    for i, b in enumerate(got):
+        np.testing.assert_array_equal(np.asarray(b["t"]), np.full((10, 3), i, np.float32))
+        assert b["ids"].dtype == np.int32 and b["strided"].dtype == np.float32
+        np.testing.assert_array_equal(np.asarray(b["ids"]), np.arange(-5, 5) + i)
+        np.testing.assert_array_equal(np.asarray(b["strided"]), strided * i)
+        assert int(b["step"]) == i

@@ -22,12 +22,12 @@ from ._leaves import (
     Flattener,
     LeafSpec,
     _is_opaque,
+    as_array,
     checked_narrow,
     overflow_error,
     path_name,
 )
 from ._multihost import global_shape
-from .errors import UnsupportedLeafError
 
 LEAF_ALIGN = 64
 
@@ -281,13 +281,11 @@ class DirectConverter:
             if spec.passthrough:
                 out.append(leaf.numpy() if isinstance(leaf, tf.Tensor) else leaf)
                 continue
-            if not isinstance(leaf, (np.ndarray, tf.Tensor)):
-                raise UnsupportedLeafError(
-                    f"leaf {path_name(path)} is a {type(leaf).__name__}: ragged and sparse "
-                    "tensors have no dense layout; convert them first (e.g. .to_tensor())",
-                    path_name(path),
-                )
-            if isinstance(leaf, tf.Tensor) and spec.conversion != COPY:
+            if not isinstance(leaf, tf.Tensor):
+                # NumPy arrays and scalars mixed into a batch of tensors: contiguous, native
+                # byte order (as for NumPy sources); ragged and sparse leaves are refused.
+                leaf = as_array(leaf, path_name(path))
+            elif spec.conversion != COPY:
                 # A view of TensorFlow's buffer: ``.numpy()`` would copy it first.
                 leaf = np.asarray(leaf)
             if spec.conversion == CAST:
