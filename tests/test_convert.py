@@ -6,6 +6,7 @@ import doctest
 import json
 import os
 
+import ml_dtypes
 import numpy as np
 import psutil
 import pytest
@@ -158,6 +159,35 @@ def test_memmap_keeps_tuple_structure_and_handles_empty_datasets(tmp_path):
     assert empty[0].shape == (0, 2) and empty[1].dtype == np.int64
     in_ram = to_numpy(tf.data.Dataset.from_tensor_slices(np.ones((3, 4))).take(0))
     assert in_ram.shape == (0, 4)
+
+
+def ml_dtypes_sources():
+    """bfloat16 through tf.data; float8 (which tf.data cannot batch) as NumPy batches."""
+    w16 = np.array([1.5, -2.0, 0.25, 4.0, 8.0], ml_dtypes.bfloat16)
+    n = np.arange(5, dtype=np.int32)
+    w8 = w16.astype(ml_dtypes.float8_e4m3fn)
+    return [
+        pytest.param(tf.data.Dataset.from_tensor_slices({"w": w16, "n": n}).batch(2), id="bf16"),
+        pytest.param([{"w": w8[:2], "n": n[:2]}, {"w": w8[2:], "n": n[2:]}], id="f8"),
+    ]
+
+
+@pytest.mark.parametrize("ds", ml_dtypes_sources())
+def test_memmap_keeps_ml_dtypes_leaves(tmp_path, ds):
+    # .npy has no code for these dtypes (the header says |V2 or |V1); the manifest has the name
+    expected = to_numpy(ds, batched=True)["w"]
+    assert expected.dtype in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn)
+    out = to_numpy(ds, memmap=tmp_path / "o", batched=True)
+    assert isinstance(out["w"], np.memmap) and out["w"].dtype == expected.dtype
+    np.testing.assert_array_equal(out["w"].astype(np.float32), expected.astype(np.float32))
+    for mode in ("r", None):
+        reopened = load_memmap(tmp_path / "o", mmap_mode=mode)
+        assert reopened["w"].dtype == expected.dtype and reopened["n"].dtype == np.int32
+        np.testing.assert_array_equal(reopened["w"].astype(np.float32), expected.astype(np.float32))
+    if not isinstance(ds, list):
+        empty = to_numpy(ds.take(0), memmap=tmp_path / "e")
+        assert empty["w"].shape == (0,) and empty["w"].dtype == expected.dtype
+        assert load_memmap(tmp_path / "e")["w"].dtype == expected.dtype
 
 
 def test_memmap_path_errors(tmp_path):
@@ -333,6 +363,39 @@ def test_from_numpy_over_a_sparse_memmap_larger_than_2gib(tmp_path):
     assert after - before < 256 * 1024**2, f"RSS grew by {(after - before) / 2**20:.0f} MiB"
     last = next(from_numpy(mm[-2:], batch_size=2).as_numpy_iterator())
     assert (last[1] == -1).all()
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">i8", ">u2", ">c8"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"batch_size": 4}, {"batch_size": 4, "shuffle": True, "seed": 1}],
+    ids=["rows", "batches", "shuffled"],
+)
+def test_from_numpy_big_endian_arrays_arrive_in_native_order(dtype, options):
+    data = (np.arange(10) - 3).astype(dtype)
+    ds = from_numpy({"a": data}, **options)
+    assert ds.element_spec["a"].dtype == tf.as_dtype(data.dtype.newbyteorder("="))
+    values = [np.atleast_1d(e["a"]) for e in as_list(ds)]
+    got = np.concatenate(values)
+    assert got.dtype.isnative
+    if options.get("shuffle"):
+        got, data = np.sort(got), np.sort(data)
+    np.testing.assert_array_equal(got, data)
+
+
+def test_from_numpy_streams_a_big_endian_memmap(tmp_path):
+    mm = np.memmap(tmp_path / "be.f4", dtype=">f4", mode="w+", shape=(64, 3))
+    mm[:] = np.arange(64 * 3).reshape(64, 3)
+    ds = from_numpy({"x": mm}, batch_size=16)
+    mm[0] = -1.0  # read lazily, batch by batch: a later write is visible
+    got = np.concatenate([b["x"] for b in as_list(ds)])
+    expected = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
+    expected[0] = -1.0
+    np.testing.assert_array_equal(got, expected)
+    # chunks past 64 KiB take the core's copy path when native
+    big = np.arange(20_000, dtype=">f4")
+    batch = next(from_numpy(big, batch_size=20_000).as_numpy_iterator())
+    np.testing.assert_array_equal(batch, big)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -213,7 +213,9 @@ def load_memmap(path: str | os.PathLike[str], mmap_mode: str | None = "r") -> An
 
     ``tree`` mirrors the element structure with file names as leaves (dicts stay dicts;
     tuples, lists and namedtuples become lists). Each file also opens with NumPy alone:
-    ``np.load(path / "000_x.npy", mmap_mode="r")``.
+    ``np.load(path / "000_x.npy", mmap_mode="r")``, except that leaves of ``ml_dtypes`` types
+    (bfloat16, float8) then come back as raw bytes (``|V2``); this function restores the
+    dtype recorded in the manifest.
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -231,9 +233,12 @@ def load_memmap(path: str | os.PathLike[str], mmap_mode: str | None = "r") -> An
     if manifest.get("format") != _FORMAT:
         raise MemmapPathError(f"{root / _MANIFEST} is not a {_FORMAT} manifest")
 
+    dtypes = {leaf["file"]: leaf.get("dtype") for leaf in manifest.get("leaves", [])}
+
     def build(node: Any) -> Any:
         if isinstance(node, str):
-            return np.load(root / node, mmap_mode=mmap_mode)
+            name = dtypes.get(node)
+            return _load_npy(root / node, mmap_mode, _manifest_dtype(name) if name else None)
         if isinstance(node, dict):
             return {k: build(v) for k, v in node.items()}
         return [build(v) for v in node]
@@ -368,6 +373,34 @@ class _RamStorage:
         self.view = np.empty(0, np.uint8)
 
 
+def _load_npy(path: Path, mmap_mode: str | None, dtype: np.dtype | None) -> np.ndarray:
+    """``np.load`` of one leaf file, as ``dtype`` (the one the manifest records)."""
+    arr = np.load(path, mmap_mode=mmap_mode)
+    # .npy has no code for ml_dtypes types (bfloat16, float8, int4): their header says raw
+    # bytes (|V2), so np.load returns void; the bytes are right and a view restores the dtype.
+    if (
+        dtype is not None
+        and arr.dtype != dtype
+        and arr.dtype.kind == "V"
+        and arr.dtype.names is None
+        and arr.dtype.itemsize == dtype.itemsize
+    ):
+        arr = arr.view(dtype)
+    return arr
+
+
+def _manifest_dtype(name: Any) -> np.dtype | None:
+    """The dtype a manifest names, or None when NumPy does not know it (keep the file's)."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        pass
+    import ml_dtypes  # a dependency of JAX; importing it registers names like "bfloat16"
+
+    kind = getattr(ml_dtypes, str(name), None)
+    return np.dtype(kind) if isinstance(kind, type) else None
+
+
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     fields = {
         "descr": np.lib.format.dtype_to_descr(dtype),
@@ -414,9 +447,8 @@ class _FileStorage:
             f.truncate(_NPY_HEADER + nbytes)
             f.seek(0)
             f.write(_npy_header(dtype, shape))
-        if nbytes == 0:  # np.memmap cannot map zero bytes
-            return np.load(self.path)
-        return np.load(self.path, mmap_mode="r+")
+        # np.memmap cannot map zero bytes
+        return _load_npy(self.path, None if nbytes == 0 else "r+", dtype)
 
     def abort(self) -> None:
         self.view = np.empty(0, np.uint8)
@@ -830,6 +862,8 @@ def _copy_rows(arr: np.ndarray, start: int, stop: int) -> np.ndarray:
     rows = arr[start:stop]
     if arr.dtype.kind in "SUO":
         return _encode(np.array(rows))
+    if not arr.dtype.isnative:
+        return _encode(rows)  # the swap copies only these rows: a memmap stays streamed
     if _core is None or not rows.flags.c_contiguous or rows.nbytes < (1 << 16):
         return np.array(rows)
     out = np.empty(rows.shape, rows.dtype)
@@ -838,8 +872,12 @@ def _copy_rows(arr: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def _encode(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as TensorFlow reads it: str as UTF-8 bytes, numbers in native byte order."""
     if arr.dtype.kind == "U":
         return np.char.encode(arr, "utf-8")
+    if not arr.dtype.isnative:
+        # TensorFlow has no big-endian dtypes: tf.numpy_function would read the bytes as native.
+        return arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 
