@@ -6,6 +6,7 @@ baseline), so JAX's per-leaf import cost never lands on the consumer.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any
@@ -23,9 +24,10 @@ from ._leaves import (
     LeafSpec,
     _is_opaque,
     as_array,
+    checked_cast,
     checked_narrow,
+    dtype_changed,
     overflow_error,
-    path_name,
 )
 from ._multihost import global_shape
 
@@ -57,8 +59,10 @@ class Placement:
         """Local row ranges of a leaf and the local devices holding each, when the sharding
         splits only the leading (batch) axis; one block for the whole leaf without a sharding;
         none (meaning: place it with a copy) for any other sharding."""
-        if self.sharding is None or not shape:
+        if self.sharding is None:
             return [(0, shape[0] if shape else 0, [self.device])]
+        if not shape:
+            return []  # a scalar has no batch axis to split: placed whole, as the sharding says
         full = self.global_shape(shape)
         blocks: dict[tuple[int, int], list[jax.Device]] = {}
         for device, index in self.sharding.addressable_devices_indices_map(full).items():
@@ -107,10 +111,11 @@ class SlotConverter:
         *,
         x64: bool,
         dtypes: DtypePolicy = "canonical",
+        padded: bool = False,
     ) -> None:
         self.ring = ring
         self.placement = placement
-        self.flatten = Flattener(x64=x64, dtypes=dtypes)
+        self.flatten = Flattener(x64=x64, dtypes=dtypes, padded=padded)
         self.numpy_ring = "_numpy_ring" in type(ring).__module__
         self.on_cpu = placement.device.platform == "cpu"
         self.acquire_seconds = 0.0
@@ -219,10 +224,11 @@ class DirectConverter:
         *,
         x64: bool,
         dtypes: DtypePolicy = "canonical",
+        padded: bool = False,
         slots: SlotConverter | None = None,
     ) -> None:
         self.placement = placement
-        self.flatten = Flattener(x64=x64, dtypes=dtypes)
+        self.flatten = Flattener(x64=x64, dtypes=dtypes, padded=padded)
         self.slots = slots
         self._checked = False
 
@@ -284,16 +290,26 @@ class DirectConverter:
             if not isinstance(leaf, tf.Tensor):
                 # NumPy arrays and scalars mixed into a batch of tensors: contiguous, native
                 # byte order (as for NumPy sources); ragged and sparse leaves are refused.
-                leaf = as_array(leaf, path_name(path))
-            elif spec.conversion != COPY:
-                # A view of TensorFlow's buffer: ``.numpy()`` would copy it first.
-                leaf = np.asarray(leaf)
+                leaf = as_array(leaf, self.flatten.name(path))
+                dtype = leaf.dtype
+            else:
+                dtype = _numpy_dtype(leaf.dtype)
+                if spec.conversion != COPY:
+                    # A view of TensorFlow's buffer: ``.numpy()`` would copy it first.
+                    leaf = np.asarray(leaf)
+            if dtype != spec.source_dtype:  # a source other than tf.data may change dtypes
+                raise dtype_changed(spec, dtype, index)
             if spec.conversion == CAST:
-                leaf = leaf.astype(spec.target_dtype)
+                leaf = checked_cast(np.asarray(leaf), spec)
             todo.append((len(out), leaf, spec))
             out.append(None)
         nbytes = self._convert(out, todo)
         return jax.tree_util.tree_unflatten(treedef, out), nbytes
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_dtype(tf_dtype: Any) -> np.dtype:
+    return np.dtype(tf_dtype.as_numpy_dtype)
 
 
 def _to_numpy(leaf: Any) -> Any:
@@ -310,10 +326,15 @@ class CopyConverter:
     """The tutorial baseline: ``jnp.array`` of every leaf, on the consumer thread."""
 
     def __init__(
-        self, placement: Placement, *, x64: bool, dtypes: DtypePolicy = "canonical"
+        self,
+        placement: Placement,
+        *,
+        x64: bool,
+        dtypes: DtypePolicy = "canonical",
+        padded: bool = False,
     ) -> None:
         self.placement = placement
-        self.flatten = Flattener(x64=x64, dtypes=dtypes)
+        self.flatten = Flattener(x64=x64, dtypes=dtypes, padded=padded)
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         flat = self.flatten(item, index)

@@ -64,6 +64,8 @@ class LeafSpec:
     target_dtype: np.dtype
     conversion: int
     dlpack: tuple[int, int]
+    requested: bool = False
+    """Whether ``dtypes=`` asked for this target (rather than the x64 policy)."""
 
     @property
     def fill_code(self) -> int:
@@ -105,9 +107,18 @@ def check_policy(dtypes: Any, x64: bool) -> None:
             raise ValueError(f"dtypes[{path!r}] = {dtype!r} is not a NumPy dtype") from None
 
 
+def _needs_x64(target: np.dtype) -> bool:
+    return (target.itemsize == 8 and target.kind in "iuf") or target == np.complex128
+
+
 def _spec(path: str, leaf: np.ndarray, x64: bool, dtypes: DtypePolicy = "canonical") -> LeafSpec:
     dtype = leaf.dtype
     if _is_string_array(leaf):
+        if isinstance(dtypes, Mapping) and path in dtypes:
+            raise ValueError(
+                f"dtypes[{path!r}] = {dtypes[path]!r}: leaf {path} holds strings, which pass "
+                "through as NumPy arrays and are never cast; remove the entry"
+            )
         return LeafSpec(path, True, dtype, dtype, COPY, (0, 0))
     if dtype.kind == "O":
         raise UnsupportedLeafError(
@@ -117,12 +128,18 @@ def _spec(path: str, leaf: np.ndarray, x64: bool, dtypes: DtypePolicy = "canonic
         )
     native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
     target, conversion = native, COPY
-    if isinstance(dtypes, Mapping) and path in dtypes:
-        target = np.dtype(dtypes[path])
+    requested = isinstance(dtypes, Mapping) and path in dtypes
+    if requested:
+        target = np.dtype(dtypes[path])  # type: ignore[index]
+        if dlpack_type(target) is None:
+            raise ValueError(
+                f"dtypes[{path!r}] = {target}: a jax.Array cannot have that dtype (numeric, "
+                "bool, float16 and bfloat16 can)"
+            )
         if target != native:
             narrowing = _NARROWING.get(native)
             conversion = narrowing[1] if narrowing and narrowing[0] == target else CAST
-        if target.itemsize == 8 and target.kind in "iuf" and not x64:
+        if _needs_x64(target) and not x64:
             raise ValueError(f"dtypes[{path!r}] = {target} needs JAX's x64 mode, which is off")
     elif dtypes != "keep" and not x64 and native in _NARROWING:
         target, conversion = _NARROWING[native]
@@ -131,7 +148,7 @@ def _spec(path: str, leaf: np.ndarray, x64: bool, dtypes: DtypePolicy = "canonic
         raise UnsupportedLeafError(
             f"leaf {path} has dtype {dtype}, which cannot become a jax.Array", path
         )
-    return LeafSpec(path, False, dtype, target, conversion, code)
+    return LeafSpec(path, False, dtype, target, conversion, code, requested)
 
 
 def as_array(leaf: Any, path: str) -> np.ndarray:
@@ -177,16 +194,19 @@ class Flat:
 class Flattener:
     """Flattens batches and checks each one against the first batch's structure and dtypes."""
 
-    def __init__(self, *, x64: bool, dtypes: DtypePolicy = "canonical") -> None:
+    def __init__(
+        self, *, x64: bool, dtypes: DtypePolicy = "canonical", padded: bool = False
+    ) -> None:
         self.x64 = x64
         self.dtypes = dtypes
+        self.padded = padded
         self._treedef: Any = None
         self._paths: list[str] = []
         self._specs: list[LeafSpec] = []
 
     def __call__(self, item: Any, index: int) -> Flat:
         pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=_is_opaque)
-        paths = [path_name(p) for p, _ in pairs]
+        paths = [self.name(p) for p, _ in pairs]
         leaves = [as_array(leaf, name) for name, (_, leaf) in zip(paths, pairs, strict=True)]
         if self._treedef is None:
             self._treedef, self._paths = treedef, paths
@@ -207,14 +227,20 @@ class Flattener:
                 if arr.dtype != spec.source_dtype and not (
                     spec.passthrough and _is_string_array(arr)
                 ):
-                    raise StructureChangedError(
-                        f"leaf {spec.path} changed dtype from {spec.source_dtype} to "
-                        f"{arr.dtype} at batch {index}"
-                    )
+                    raise dtype_changed(spec, arr.dtype, index)
         for i, spec in enumerate(self._specs):
             if spec.conversion == CAST:
-                leaves[i] = leaves[i].astype(spec.target_dtype)
+                leaves[i] = checked_cast(leaves[i], spec)
         return Flat(self._treedef, leaves, self._specs)
+
+    def name(self, path: Sequence[Any]) -> str:
+        """A leaf's name in messages and in ``dtypes=``: with ``pad_last`` the batch arrives
+        as ``(batch, mask)``, and leaves keep the names they have in the unpadded batch."""
+        if self.padded and path:
+            if getattr(path[0], "idx", None) == 1:
+                return "<mask>"
+            return path_name(path[1:])
+        return path_name(path)
 
     def _describe_change(self, paths: list[str], treedef: Any, index: int) -> str:
         missing = [p for p in self._paths if p not in paths]
@@ -229,13 +255,46 @@ class Flattener:
         return f"batch {index} changed structure: " + "; ".join(parts)
 
 
+def dtype_changed(spec: LeafSpec, dtype: np.dtype, index: int) -> StructureChangedError:
+    return StructureChangedError(
+        f"leaf {spec.path} changed dtype from {spec.source_dtype} to {dtype} at batch {index}"
+    )
+
+
 def overflow_error(spec: LeafSpec, value: str) -> LeafOverflowError:
+    if spec.requested:
+        why = (
+            f"converted from {spec.source_dtype} because dtypes= asks for it); ask for a wider "
+            "dtype, or fix the data"
+        )
+    else:
+        why = (
+            f"converted from {spec.source_dtype} because JAX's x64 mode is off); enable "
+            "jax_enable_x64 or pass dtypes='keep' with it, or fix the data"
+        )
     return LeafOverflowError(
-        f"leaf {spec.path} has value {value}, which does not fit {spec.target_dtype} "
-        f"(converted from {spec.source_dtype} because JAX's x64 mode is off); enable "
-        "jax_enable_x64 or pass dtypes='keep' with it, or fix the data",
+        f"leaf {spec.path} has value {value}, which does not fit {spec.target_dtype} ({why}",
         spec.path,
     )
+
+
+def checked_cast(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
+    """A ``dtypes=`` cast (not one the core does): like ``astype``, but an integer target
+    never wraps. Values it cannot hold (out of range, or NaN/inf from floats) raise."""
+    target = spec.target_dtype
+    if (
+        target.kind in "iu"
+        and arr.dtype.kind in "iuf"
+        and arr.size
+        and not np.can_cast(arr.dtype, target, "safe")
+    ):
+        info = np.iinfo(target)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise overflow_error(spec, str(arr[~np.isfinite(arr)].flat[0]))
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            raise overflow_error(spec, str(lo if lo < info.min else hi))
+    return arr.astype(target)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

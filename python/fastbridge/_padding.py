@@ -16,6 +16,14 @@ import numpy as np
 from ._leaves import _is_opaque, path_name
 
 
+def _blank(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Padding for ``array``: zeros, or empty strings for a leaf of Python strings."""
+    if array.dtype == object:
+        empty = type(array.flat[0])() if array.size else b""
+        return np.full(shape, empty, dtype=object)
+    return np.zeros(shape, array.dtype)
+
+
 def _leading(leaf: Any) -> int | None:
     shape = getattr(leaf, "shape", None)
     return int(shape[0]) if shape is not None and len(shape) > 0 else None
@@ -59,8 +67,10 @@ class Padder:
             leaves = []
             for _, leaf in pairs:
                 array = np.asarray(leaf)  # an EagerTensor's buffer, without a copy
-                pad = np.zeros((full - n, *array.shape[1:]), array.dtype)
-                leaves.append(np.concatenate([array, pad]))
+                if array.ndim == 0:  # a per-batch scalar has no rows to pad
+                    leaves.append(array)
+                    continue
+                leaves.append(np.concatenate([array, _blank(array, (full - n, *array.shape[1:]))]))
             padded = jax.tree_util.tree_unflatten(treedef, leaves)
         if tf is not None and any(isinstance(leaf, tf.Tensor) for _, leaf in pairs):
             mask = tf.constant(mask)
@@ -71,6 +81,6 @@ class Padder:
         process that ran out of data yields while the others still have batches."""
         padded, _ = self(item)
         zeros = jax.tree_util.tree_map(
-            lambda leaf: np.zeros_like(np.asarray(leaf)), padded, is_leaf=_is_opaque
+            lambda leaf: _blank(np.asarray(leaf), np.shape(leaf)), padded, is_leaf=_is_opaque
         )
         return zeros, np.zeros(self.full or 0, np.bool_)

@@ -95,16 +95,18 @@ def _resolve_device(device: jax.Device | str | None) -> jax.Device:
     raise TypeError(f"device must be a jax.Device, a platform name or None, got {device!r}")
 
 
-def _resolve_backend(backend: str, device: jax.Device) -> str:
+def _resolve_backend(backend: str, device: jax.Device, *, tf_source: bool) -> str:
     if backend not in BACKENDS:
         raise ValueError(
             f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
         )
     if backend == "auto":
         # On CPU, TensorFlow's own buffers need no copy and any extra copy competes with the
-        # step for cores and memory bandwidth (benches/RESULTS.md); on accelerators, pinned
-        # slots feed asynchronous transfers.
-        if device.platform == "cpu":
+        # step for cores and memory bandwidth (benches/RESULTS.md). TensorFlow never reuses a
+        # buffer that is still referenced; any other iterable may refill the arrays it yielded
+        # (a preallocated batch buffer), so batches the consumer holds would change: those get
+        # their own copy in slots. On accelerators, pinned slots feed asynchronous transfers.
+        if device.platform == "cpu" and tf_source:
             return "direct"
         return "ring" if _core is not None else "numpy"
     if backend == "ring" and _core is None:
@@ -270,10 +272,10 @@ class Stream(Iterator[T], Generic[T]):
         self._device = _resolve_device(device)
         if sharding is not None:
             self._device = next(iter(sharding.addressable_devices))
-        self._backend = _resolve_backend(backend, self._device)
+        tf_source = is_tf_dataset(source)
+        self._backend = _resolve_backend(backend, self._device, tf_source=tf_source)
         x64 = bool(jax.config.read("jax_enable_x64"))
         check_policy(dtypes, x64)
-        tf_source = is_tf_dataset(source)
         if service is not None:
             if not tf_source:
                 raise TypeError("service= needs a tf.data.Dataset source")
@@ -306,13 +308,18 @@ class Stream(Iterator[T], Generic[T]):
             self._source_state = self._base_state.get("source")
         elif hasattr(state_source, "get_state"):
             self._source_state = state_source.get_state()
+        if pad_last and batch_size is None and self._base_state is not None:
+            # The batch size the interrupted stream learned from its first batch: a resume that
+            # starts at the short last batch must still pad it to full size.
+            batch_size = self._base_state.get("batch_size")
+            _check_int("state['batch_size']", batch_size, minimum=1, optional=True)
         padder = Padder(batch_size) if pad_last else None
         total = _known_length(source, tf_source)
         self._progress = ProgressBar(total, self._backend) if progress else None
 
         first = self._base_state["batches"] if self._base_state else 0
         if self._backend == "copy":
-            converter: Any = CopyConverter(placement, x64=x64, dtypes=dtypes)
+            converter: Any = CopyConverter(placement, x64=x64, dtypes=dtypes, padded=pad_last)
             self._pipeline = _Pipeline(
                 "copy", None, converter, iterator,
                 state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
@@ -335,16 +342,18 @@ class Stream(Iterator[T], Generic[T]):
             ring: Any = (
                 _core.Ring(**ring_args) if self._backend == "ring" else NumpyRing(**ring_args)
             )  # type: ignore[arg-type]
-            converter = SlotConverter(ring, placement, x64=x64, dtypes=dtypes)
+            converter = SlotConverter(ring, placement, x64=x64, dtypes=dtypes, padded=pad_last)
         elif _core is not None:
             # direct: the core's lock-free ready queue, and slots only for leaves that must be
             # narrowed (allocated on first use, so a batch that aliases its source takes none).
             ring = _core.Ring(**ring_args)  # type: ignore[arg-type]
             narrowing = SlotConverter(ring, placement, x64=x64, dtypes=dtypes)
-            converter = DirectConverter(placement, x64=x64, dtypes=dtypes, slots=narrowing)
+            converter = DirectConverter(
+                placement, x64=x64, dtypes=dtypes, padded=pad_last, slots=narrowing
+            )
         else:  # direct without the core: NumPy narrows into fresh memory
             ring = NumpyRing(prefetch=prefetch, slots=1)
-            converter = DirectConverter(placement, x64=x64, dtypes=dtypes)
+            converter = DirectConverter(placement, x64=x64, dtypes=dtypes, padded=pad_last)
         self._pipeline = _Pipeline(
             self._backend, ring, converter, iterator,
             state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
@@ -375,7 +384,11 @@ class Stream(Iterator[T], Generic[T]):
         started = time.perf_counter()
         try:
             if self._pipeline.ring is None:  # copy: prepared right here, on the consumer
-                entry = self._pipeline.step()
+                try:
+                    with jax.enable_x64(self._pipeline.x64):  # as the producer thread does
+                        entry = self._pipeline.step()
+                except Exception as error:  # e.g. a leaf that does not fit: the stream ends
+                    entry = (_ERROR, error)
             else:
                 entry = self._pipeline.ring.pop()
         except StreamClosedError:
@@ -410,6 +423,8 @@ class Stream(Iterator[T], Generic[T]):
             "source": self._source_state,
         }
         pipeline = self._pipeline
+        if pipeline.padder is not None and pipeline.padder.full is not None:
+            state["batch_size"] = pipeline.padder.full
         if pipeline.unconsumed is not None:
             # Stop the producer between two reads: the iterator's state plus the batches it
             # read ahead are then exactly "after the last delivered batch".
@@ -531,9 +546,10 @@ def stream(
     Args:
       source: a ``tf.data.Dataset`` (read through ``as_numpy_iterator()``, or its tensors for
         ``direct``) or any iterable of pytrees of NumPy arrays.
-      backend: ``"auto"`` (fastest correct path for ``device``: ``direct`` on CPU, ``ring`` on
-        accelerators), ``"ring"`` (Rust slots), ``"numpy"`` (the same ring in NumPy),
-        ``"direct"`` (the source's buffers, no copy), ``"copy"`` (``jnp.array``, baseline).
+      backend: ``"auto"`` (fastest correct path: ``direct`` for a ``tf.data.Dataset`` on CPU,
+        ``ring`` otherwise), ``"ring"`` (Rust slots), ``"numpy"`` (the same ring in NumPy),
+        ``"direct"`` (the source's buffers, no copy: only for sources that never refill an
+        array they yielded), ``"copy"`` (``jnp.array``, baseline).
       prefetch: batches prepared ahead of the consumer (>= 1).
       device: target ``jax.Device`` or platform name; default ``jax.devices()[0]``.
       sharding: a ``jax.sharding.Sharding`` (e.g. ``NamedSharding(mesh, P("data"))``): batches
