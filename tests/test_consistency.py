@@ -179,3 +179,13 @@ def test_bfloat16_tensors_keep_their_dtype(backend):
         for b in s:
             assert b.dtype == jax.numpy.bfloat16
             np.testing.assert_array_equal(np.asarray(b).astype(np.float32), data.astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_unbatched_bfloat16_scalars(backend):
+    # TensorFlow's __array__ of a 0-d bfloat16 tensor returns a scalar, not an array.
+    values = np.array([0.5, -2.0, 3.0], ml_dtypes.bfloat16)
+    ds = tf.data.Dataset.from_tensor_slices(values)
+    with stream(ds, backend=backend) as s:
+        got = [float(b) for b in s]
+    assert got == [0.5, -2.0, 3.0]

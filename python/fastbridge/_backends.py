@@ -27,6 +27,7 @@ from ._leaves import (
     checked_cast,
     checked_narrow,
     dtype_changed,
+    host_view,
     overflow_error,
 )
 from ._multihost import global_shape
@@ -296,7 +297,7 @@ class DirectConverter:
                 dtype = _numpy_dtype(leaf.dtype)
                 if spec.conversion != COPY:
                     # A view of TensorFlow's buffer: ``.numpy()`` would copy it first.
-                    leaf = np.asarray(leaf)
+                    leaf = host_view(leaf)
             if dtype != spec.source_dtype:  # a source other than tf.data may change dtypes
                 raise dtype_changed(spec, dtype, index)
             if spec.conversion == CAST:
@@ -314,7 +315,7 @@ def _numpy_dtype(tf_dtype: Any) -> np.dtype:
 
 def _to_numpy(leaf: Any) -> Any:
     # ``np.asarray`` of an EagerTensor is a view of its buffer; ``.numpy()`` is a copy.
-    return np.asarray(leaf) if hasattr(leaf, "numpy") and not _is_opaque(leaf) else leaf
+    return host_view(leaf) if hasattr(leaf, "numpy") and not _is_opaque(leaf) else leaf
 
 
 def _has_tensors(item: Any, tf: Any) -> bool:

@@ -178,6 +178,15 @@ def as_array(leaf: Any, path: str) -> np.ndarray:
     return arr
 
 
+def host_view(leaf: Any) -> np.ndarray:
+    """A leaf as a NumPy array; for an EagerTensor, a view of its buffer (``.numpy()`` would
+    copy it)."""
+    try:
+        return np.asarray(leaf)
+    except ValueError:  # a 0-d bfloat16 tensor's __array__ returns a scalar, not an array
+        return np.asarray(leaf.numpy())
+
+
 def _little() -> bool:
     return bool(np.little_endian)
 

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._leaves import _is_opaque, path_name
+from ._leaves import _is_opaque, host_view, path_name
 
 
 def _blank(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -66,7 +66,7 @@ class Padder:
             mask[:n] = True
             leaves = []
             for _, leaf in pairs:
-                array = np.asarray(leaf)  # an EagerTensor's buffer, without a copy
+                array = host_view(leaf)  # an EagerTensor's buffer, without a copy
                 if array.ndim == 0:  # a per-batch scalar has no rows to pad
                     leaves.append(array)
                     continue
@@ -81,6 +81,6 @@ class Padder:
         process that ran out of data yields while the others still have batches."""
         padded, _ = self(item)
         zeros = jax.tree_util.tree_map(
-            lambda leaf: _blank(np.asarray(leaf), np.shape(leaf)), padded, is_leaf=_is_opaque
+            lambda leaf: _blank(host_view(leaf), np.shape(leaf)), padded, is_leaf=_is_opaque
         )
         return zeros, np.zeros(self.full or 0, np.bool_)
