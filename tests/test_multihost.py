@@ -119,3 +119,47 @@ def test_global_batches_equal_the_global_data(results, case):
         got = process_result[case]
         assert len(got) == len(want), "both processes yield the same number of batches"
         assert got == want
+
+
+class _Counter:
+    """A Grain-style source: its iterator saves and restores its position."""
+
+    def __iter__(self):
+        return _CounterIterator()
+
+
+class _CounterIterator:
+    def __init__(self):
+        self.i = 0
+
+    def __next__(self):
+        if self.i >= 23:
+            raise StopIteration
+        self.i += 1
+        return np.array([self.i - 1])
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, state):
+        self.i = state["i"]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_a_process_share_of_a_stateful_source_resumes_exactly(index):
+    # With several processes, a non-tf.data source is split by taking every process_count-th
+    # item; the share must keep the source's get_state()/set_state(), or a resume would
+    # silently fall back to replaying the source from the start.
+    from fastbridge import stream
+    from fastbridge._multihost import _EveryNth
+
+    share = _EveryNth(_Counter(), 3, index)
+    want = list(range(index, 23, 3))
+    with stream(share, backend="numpy", prefetch=1) as s:
+        first = [int(next(s)[0]) for _ in range(3)]
+        state = s.state()
+    assert first == want[:3]
+    assert state["source"] is not None, "the share lost the source's get_state()"
+    with stream(_EveryNth(_Counter(), 3, index), backend="numpy", state=state) as s:
+        rest = [int(b[0]) for b in s]
+    assert first + rest == want

@@ -14,7 +14,6 @@ count wins (the longer processes drop their last batch), or with ``pad_last=True
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +25,33 @@ def process_count() -> int:
     return jax.process_count()
 
 
+class _Strided(Iterator[Any]):
+    """Every ``count``-th item of ``inner``, starting at its ``index``-th."""
+
+    def __init__(self, inner: Iterator[Any], count: int, index: int) -> None:
+        self.inner, self.count = inner, count
+        self.skip = index  # items of ``inner`` to pass over before the next one this yields
+
+    def __next__(self) -> Any:
+        for _ in range(self.skip):
+            next(self.inner)
+        item = next(self.inner)
+        self.skip = self.count - 1
+        return item
+
+
+class _StatefulStrided(_Strided):
+    """A :class:`_Strided` over a Grain-style iterator: its state is the inner iterator's
+    plus where this process is in the stride, so a resume stays exact (not a replay)."""
+
+    def get_state(self) -> dict[str, Any]:
+        return {"inner": self.inner.get_state(), "skip": self.skip}  # type: ignore[attr-defined]
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.inner.set_state(state["inner"])  # type: ignore[attr-defined]
+        self.skip = int(state["skip"])
+
+
 class _EveryNth:
     """``source`` restricted to items ``index, index + count, ...`` (re-iterable)."""
 
@@ -33,7 +59,9 @@ class _EveryNth:
         self.source, self.count, self.index = source, count, index
 
     def __iter__(self) -> Iterator[Any]:
-        return itertools.islice(iter(self.source), self.index, None, self.count)
+        inner = iter(self.source)
+        stateful = hasattr(inner, "get_state") and hasattr(inner, "set_state")
+        return (_StatefulStrided if stateful else _Strided)(inner, self.count, self.index)
 
     def __len__(self) -> int:
         total = len(self.source)
