@@ -136,6 +136,21 @@ def test_targets_pair_rounds_so_drift_cancels():
     assert wall["low"] is None and wall["high"] is None
 
 
+def test_layouts_run_in_separate_rounds_are_not_paired():
+    # dict and f32 run in their own blocks of rounds, minutes apart: their ratio is the ratio
+    # of the medians, without a range that would suggest a pairing that never happened.
+    samples = [
+        {"scenario": "handoff", "layout": layout, "size_bytes": 1 << 20, "path": "auto",
+         "rep": rep, "consumer_s": value}
+        for layout, values in (("f32", [1.0, 2.0, 3.0]), ("dict", [6.0, 2.0, 1.0]))
+        for rep, value in enumerate(values)
+    ]  # fmt: skip
+    targets = report.check_targets(report.summarize(samples), samples)
+    (dict_vs_leaf,) = [t for t in targets if t["target"].startswith("6-leaf dict vs 1 leaf, auto")]
+    assert dict_vs_leaf["ratio"] == pytest.approx(1.0)  # median 2.0 / median 2.0
+    assert dict_vs_leaf["low"] is None and dict_vs_leaf["high"] is None
+
+
 def test_e2e_target_pairs_auto_with_the_best_anchor():
     samples = [
         {

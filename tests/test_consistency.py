@@ -189,3 +189,49 @@ def test_unbatched_bfloat16_scalars(backend):
     with stream(ds, backend=backend) as s:
         got = [float(b) for b in s]
     assert got == [0.5, -2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("values", "target"),
+    [
+        (np.full(4, 2**31, np.float32), "int32"),  # int32's max rounds up to 2**31 in float32
+        (np.full(4, 2**32, np.float32), "uint32"),
+        (np.full(4, -(2**31) - 1024.0, np.float64), "int32"),
+    ],
+)
+def test_float_to_int_cast_refuses_the_edge_of_the_range(values, target):
+    with (
+        stream([{"x": values}], backend="numpy", dtypes={"['x']": target}) as s,
+        pytest.raises(LeafOverflowError, match=f"does not fit {target}"),
+    ):
+        next(s)
+
+
+def test_float_to_int_cast_keeps_the_extremes_that_fit():
+    values = np.array([-(2**31), 2**31 - 128, -2147483648.5, 3.9], np.float64)
+    with stream([{"x": values}], backend="numpy", dtypes={"['x']": "int32"}) as s:
+        got = np.asarray(next(s)["x"])
+    np.testing.assert_array_equal(got, values.astype(np.int32))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_string_leaf_that_turns_numeric_is_refused(backend):
+    def source():
+        yield {"s": tf.constant([b"a"]), "x": tf.constant([1.0])}
+        yield {"s": tf.constant([2.0]), "x": tf.constant([1.0])}
+
+    with stream(source(), backend=backend) as s:
+        assert list(next(s)["s"]) == [b"a"]
+        with pytest.raises(StructureChangedError, match=r"\['s'\] changed dtype"):
+            next(s)
+
+
+def test_checkpoint_saves_scalar_bfloat16_tensors():
+    ds = tf.data.Dataset.range(6).map(
+        lambda i: {"s": tf.cast(i, tf.bfloat16), "x": tf.fill([4], i)}
+    )
+    with stream(ds, backend="direct", checkpoint=True, prefetch=2) as s:
+        assert float(next(s)["s"]) == 0.0
+        state = s.state()
+    with stream(ds, backend="direct", checkpoint=True, state=state) as s:
+        assert [float(b["s"]) for b in s] == [1.0, 2.0, 3.0, 4.0, 5.0]

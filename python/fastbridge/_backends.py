@@ -23,6 +23,7 @@ from ._leaves import (
     Flattener,
     LeafSpec,
     _is_opaque,
+    _is_string_array,
     as_array,
     checked_cast,
     checked_narrow,
@@ -286,7 +287,16 @@ class DirectConverter:
         todo: list[tuple[int, Any, LeafSpec]] = []
         for (path, leaf), spec in zip(pairs, specs, strict=True):
             if spec.passthrough:
-                out.append(leaf.numpy() if isinstance(leaf, tf.Tensor) else leaf)
+                # Still strings? (as the Flattener checks for NumPy sources)
+                if isinstance(leaf, tf.Tensor):
+                    if leaf.dtype != tf.string:
+                        raise dtype_changed(spec, _numpy_dtype(leaf.dtype), index)
+                    out.append(leaf.numpy())
+                    continue
+                strings = as_array(leaf, self.flatten.name(path))
+                if not _is_string_array(strings):
+                    raise dtype_changed(spec, strings.dtype, index)
+                out.append(strings)
                 continue
             if not isinstance(leaf, tf.Tensor):
                 # NumPy arrays and scalars mixed into a batch of tensors: contiguous, native

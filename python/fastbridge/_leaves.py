@@ -298,10 +298,15 @@ def checked_cast(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
         and not np.can_cast(arr.dtype, target, "safe")
     ):
         info = np.iinfo(target)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise overflow_error(spec, str(arr[~np.isfinite(arr)].flat[0]))
         lo, hi = arr.min(), arr.max()
-        if lo < info.min or hi > info.max:
+        if arr.dtype.kind == "f":
+            if not np.isfinite(arr).all():
+                raise overflow_error(spec, str(arr[~np.isfinite(arr)].flat[0]))
+            # astype truncates toward zero. Compare with info.max + 1, a power of two that
+            # floats hold exactly: info.max itself would round up to it and let it through.
+            if np.trunc(lo) < info.min or np.trunc(hi) >= info.max + 1:
+                raise overflow_error(spec, str(lo if np.trunc(lo) < info.min else hi))
+        elif lo < info.min or hi > info.max:
             raise overflow_error(spec, str(lo if lo < info.min else hi))
     return arr.astype(target)
 

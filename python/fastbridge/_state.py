@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ._leaves import host_view
+
 STATE_VERSION = 1
 
 
@@ -125,7 +127,7 @@ def _encode_leaf(leaf: Any) -> str | dict[str, str]:
       bytes, so they are saved as unsigned integers of the same width and viewed back.
     """
     # np.asarray would make ``bytes`` a fixed-width array, dropping trailing NUL bytes.
-    array = np.array(leaf, dtype=object) if isinstance(leaf, bytes) else np.asarray(leaf)
+    array = np.array(leaf, dtype=object) if isinstance(leaf, bytes) else host_view(leaf)
     if array.dtype.kind in "OS":
         values = list(array.flat)
         if not all(isinstance(v, bytes) for v in values):

@@ -148,9 +148,11 @@ class Ratios:
         self, a: Key, b: Key, metric: str
     ) -> tuple[float | None, float | None, float | None]:
         """``(median, lowest, highest)`` of ``a / b`` for ``metric``; the range is ``None``
-        when the ratio comes from medians."""
+        when the ratio comes from medians. Only paths of one scenario, layout and size run
+        interleaved in the same rounds; other pairs (one layout against another) ran minutes
+        apart, so their ratio is the ratio of the medians."""
         ra, rb = self.rounds.get(a, {}), self.rounds.get(b, {})
-        if ra and set(ra) == set(rb):
+        if ra and set(ra) == set(rb) and a[:3] == b[:3]:
             per_round = [_ratio(ra[k].get(metric), rb[k].get(metric)) for k in sorted(ra)]
             values = [r for r in per_round if r is not None]
             if len(values) == len(per_round):
