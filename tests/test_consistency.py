@@ -99,6 +99,11 @@ def test_overflow_message_names_the_dtypes_request_not_x64():
     assert "dtypes= asks for it" in message and "x64 mode is off" not in message
 
 
+def test_an_impossible_dtypes_target_is_refused_by_stream_itself():
+    with pytest.raises(ValueError, match=r"= <U5: a jax.Array cannot have that dtype"):
+        stream([{"x": np.arange(3)}], dtypes={"['x']": "U5"})
+
+
 def test_float_to_int_cast_refuses_nan():
     items = [{"f": np.array([1.0, np.nan])}]
     with (

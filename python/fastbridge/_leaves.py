@@ -102,9 +102,14 @@ def check_policy(dtypes: Any, x64: bool) -> None:
         raise TypeError(f"dtypes must be a str or a mapping, got {type(dtypes).__name__}")
     for path, dtype in dtypes.items():
         try:
-            np.dtype(dtype)
+            target = np.dtype(dtype)
         except TypeError:
             raise ValueError(f"dtypes[{path!r}] = {dtype!r} is not a NumPy dtype") from None
+        if dlpack_type(target) is None:
+            raise ValueError(
+                f"dtypes[{path!r}] = {target}: a jax.Array cannot have that dtype (numeric, "
+                "bool, float16 and bfloat16 can)"
+            )
 
 
 def _needs_x64(target: np.dtype) -> bool:
