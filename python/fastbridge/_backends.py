@@ -19,7 +19,6 @@ from ._leaves import (
     _DL_BFLOAT,
     CAST,
     COPY,
-    DtypePolicy,
     Flattener,
     LeafSpec,
     _is_opaque,
@@ -110,14 +109,11 @@ class SlotConverter:
         self,
         ring: Any,
         placement: Placement,
-        *,
-        x64: bool,
-        dtypes: DtypePolicy = "canonical",
-        padded: bool = False,
+        flatten: Flattener,
     ) -> None:
         self.ring = ring
         self.placement = placement
-        self.flatten = Flattener(x64=x64, dtypes=dtypes, padded=padded)
+        self.flatten = flatten
         self.numpy_ring = "_numpy_ring" in type(ring).__module__
         self.on_cpu = placement.device.platform == "cpu"
         self.acquire_seconds = 0.0
@@ -223,14 +219,11 @@ class DirectConverter:
     def __init__(
         self,
         placement: Placement,
-        *,
-        x64: bool,
-        dtypes: DtypePolicy = "canonical",
-        padded: bool = False,
+        flatten: Flattener,
         slots: SlotConverter | None = None,
     ) -> None:
         self.placement = placement
-        self.flatten = Flattener(x64=x64, dtypes=dtypes, padded=padded)
+        self.flatten = flatten
         self.slots = slots
         self._checked = False
 
@@ -336,16 +329,9 @@ def _has_tensors(item: Any, tf: Any) -> bool:
 class CopyConverter:
     """The tutorial baseline: ``jnp.array`` of every leaf, on the consumer thread."""
 
-    def __init__(
-        self,
-        placement: Placement,
-        *,
-        x64: bool,
-        dtypes: DtypePolicy = "canonical",
-        padded: bool = False,
-    ) -> None:
+    def __init__(self, placement: Placement, flatten: Flattener) -> None:
         self.placement = placement
-        self.flatten = Flattener(x64=x64, dtypes=dtypes, padded=padded)
+        self.flatten = flatten
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         flat = self.flatten(item, index)

@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 import jax
 
 from ._backends import CopyConverter, DirectConverter, Placement, SlotConverter
-from ._leaves import DtypePolicy, check_policy
+from ._leaves import DtypePolicy, Flattener, check_policy
 from ._multihost import agree_on_batches, process_count, shard_source
 from ._numpy_ring import NumpyRing
 from ._padding import Padder
@@ -314,12 +314,13 @@ class Stream(Iterator[T], Generic[T]):
             batch_size = self._base_state.get("batch_size")
             _check_int("state['batch_size']", batch_size, minimum=1, optional=True)
         padder = Padder(batch_size) if pad_last else None
+        flatten = Flattener(x64=x64, dtypes=dtypes, padded=pad_last)
         total = _known_length(source, tf_source)
         self._progress = ProgressBar(total, self._backend) if progress else None
 
         first = self._base_state["batches"] if self._base_state else 0
         if self._backend == "copy":
-            converter: Any = CopyConverter(placement, x64=x64, dtypes=dtypes, padded=pad_last)
+            converter: Any = CopyConverter(placement, flatten)
             self._pipeline = _Pipeline(
                 "copy", None, converter, iterator,
                 state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
@@ -342,18 +343,16 @@ class Stream(Iterator[T], Generic[T]):
             ring: Any = (
                 _core.Ring(**ring_args) if self._backend == "ring" else NumpyRing(**ring_args)
             )  # type: ignore[arg-type]
-            converter = SlotConverter(ring, placement, x64=x64, dtypes=dtypes, padded=pad_last)
+            converter = SlotConverter(ring, placement, flatten)
         elif _core is not None:
             # direct: the core's lock-free ready queue, and slots only for leaves that must be
             # narrowed (allocated on first use, so a batch that aliases its source takes none).
             ring = _core.Ring(**ring_args)  # type: ignore[arg-type]
-            narrowing = SlotConverter(ring, placement, x64=x64, dtypes=dtypes)
-            converter = DirectConverter(
-                placement, x64=x64, dtypes=dtypes, padded=pad_last, slots=narrowing
-            )
+            narrowing = SlotConverter(ring, placement, flatten)  # used for its slots only
+            converter = DirectConverter(placement, flatten, slots=narrowing)
         else:  # direct without the core: NumPy narrows into fresh memory
             ring = NumpyRing(prefetch=prefetch, slots=1)
-            converter = DirectConverter(placement, x64=x64, dtypes=dtypes, padded=pad_last)
+            converter = DirectConverter(placement, flatten)
         self._pipeline = _Pipeline(
             self._backend, ring, converter, iterator,
             state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
