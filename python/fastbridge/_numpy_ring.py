@@ -238,19 +238,19 @@ class NumpyRing:
             if self._copier is None and not self._closed:
                 self._copier = ThreadPoolExecutor(threads - 1, "fastbridge-numpy-copy")
             copier = self._copier
+        if copier is None:  # closed: the batch is moot, but finish the fill as asked
+            np.copyto(dest, source, casting="unsafe")
+            return
         flat_dest, flat_source = dest.reshape(-1), source.reshape(-1)
         bounds = [source.size * k // threads for k in range(threads + 1)]
         parts = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
         pending = []
         for part in parts[1:]:
             try:
-                if copier is None:
-                    raise RuntimeError("closed")
-                future = copier.submit(
-                    np.copyto, flat_dest[part], flat_source[part], casting="unsafe"
+                pending.append(
+                    copier.submit(np.copyto, flat_dest[part], flat_source[part], casting="unsafe")
                 )
-                pending.append(future)
-            except RuntimeError:  # the ring was closed meanwhile: finish on this thread
+            except RuntimeError:  # shut down by close() meanwhile: finish on this thread
                 np.copyto(flat_dest[part], flat_source[part], casting="unsafe")
         np.copyto(flat_dest[parts[0]], flat_source[parts[0]], casting="unsafe")
         for future in pending:
