@@ -272,11 +272,17 @@ impl Pool {
             Err(error)
         };
         if let Some(max_bytes) = shared.config.max_bytes {
-            let held = shared.bytes.load(Ordering::SeqCst);
-            if held.saturating_add(bytes) > max_bytes {
+            let fits = || shared.bytes.load(Ordering::SeqCst).saturating_add(bytes) <= max_bytes;
+            if !fits() {
+                // Free slots count against the cap too (e.g. small ones left behind when
+                // batches grew): give them back before refusing, so that a refusal only ever
+                // means memory that batches really hold.
+                shared.drain_free();
+            }
+            if !fits() {
                 return fail(AcquireError::Exhausted {
                     requested: bytes,
-                    held,
+                    held: shared.bytes.load(Ordering::SeqCst),
                     max_bytes,
                 });
             }
@@ -415,6 +421,28 @@ mod tests {
             3,
             "a refused growth leaves no phantom slot"
         );
+    }
+
+    #[test]
+    fn free_slots_are_reclaimed_before_the_cap_refuses() {
+        // Batches that grow leave free slots behind; with nothing held, the cap must reclaim
+        // them rather than report memory "held by batches".
+        let pool = pool(3, Some(4 * 4096));
+        let small: Vec<_> = (0..3)
+            .map(|_| pool.acquire(4096, SHORT, || false).unwrap())
+            .collect();
+        drop(small);
+        assert_eq!((pool.stats().slots, pool.stats().free), (3, 3));
+        let big = pool.acquire(4 * 4096, SHORT, || false).unwrap();
+        assert_eq!(big.buffer().capacity(), 4 * 4096);
+        let stats = pool.stats();
+        assert_eq!((stats.slots, stats.bytes), (1, 4 * 4096), "{stats:?}");
+        // Held memory is refused, and the message counts only that.
+        let held = pool.acquire(4096, SHORT, || true);
+        match held {
+            Err(AcquireError::Exhausted { held, .. }) => assert_eq!(held, 4 * 4096),
+            other => panic!("expected Exhausted, got {:?}", other.err()),
+        }
     }
 
     #[test]

@@ -1,33 +1,17 @@
-//! The Python-facing ring: slots handed to a producer thread, filled with the GIL released,
-//! exported as DLPack leaves, and a lock-free ready queue to the consumer.
+//! The Python-facing slot pool: slots handed to a producer thread, filled with the GIL
+//! released and exported as DLPack leaves.
 
 use crate::copy::{self, Conversion, Source};
 use crate::dlpack::{self, DLDataType, DLDevice, Export};
 use crate::error::CoreError;
-use crate::notify::Notifier;
-use crate::pool::{AcquireError, Lease, Pool, PoolConfig};
-use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering};
-use crossbeam_queue::ArrayQueue;
+use crate::pool::{Lease, Pool, PoolConfig};
+use crate::queue::{timeout_from, QueueCore, ReadyQueue};
+use crate::sync::{Arc, AtomicU64, Ordering};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict};
-use std::time::{Duration, Instant};
-
-/// How long a blocked consumer sleeps between checks for Ctrl-C.
-const SIGNAL_POLL: Duration = Duration::from_millis(50);
-/// "Wait forever", in a form `Instant + Duration` accepts.
-const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
-
-fn timeout_from(seconds: Option<f64>) -> PyResult<Duration> {
-    match seconds {
-        None => Ok(FOREVER),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(FOREVER)),
-        Some(s) => Err(PyValueError::new_err(format!(
-            "timeout must be >= 0 seconds, got {s}"
-        ))),
-    }
-}
+use std::time::Instant;
 
 #[derive(Default)]
 struct FillCounters {
@@ -36,53 +20,55 @@ struct FillCounters {
     nanos: AtomicU64,
 }
 
-/// A ring of page-aligned slots between one producer thread and one consumer.
+/// The slot pool the producer fills: page-aligned, optionally pinned slots, reused once every
+/// batch, DLPack export and JAX array that refers to a slot is gone.
 ///
-/// The producer calls `acquire` → `Slot.fill` → `Slot.export` → `publish`; the consumer calls
-/// `pop`. All waiting happens with the GIL released.
+/// The producer calls `acquire` → `Slot.fill` → `Slot.export`; waiting happens with the GIL
+/// released. Given the `ReadyQueue` it feeds, the pool grows when the consumer waits on that
+/// queue with nothing ready and every slot is held (a consumer that keeps batches never
+/// deadlocks).
 #[pyclass(module = "fastbridge._core", frozen)]
-pub struct Ring {
+pub struct SlotPool {
     pool: Pool,
-    ready: ArrayQueue<Py<PyAny>>,
-    ready_signal: Notifier,
-    consumer_waiting: AtomicBool,
-    closed: AtomicBool,
+    queue: Option<Arc<QueueCore>>,
     copy_threads: usize,
     counters: Arc<FillCounters>,
 }
 
 #[pymethods]
-impl Ring {
+impl SlotPool {
     #[new]
-    #[pyo3(signature = (*, prefetch, slots, max_bytes=None, lock=true, cuda=false, copy_threads=2))]
+    #[pyo3(signature = (*, slots, max_bytes=None, lock=true, cuda=false, copy_threads=2, queue=None))]
     fn new(
-        prefetch: usize,
         slots: usize,
         max_bytes: Option<usize>,
         lock: bool,
         cuda: bool,
         copy_threads: usize,
+        queue: Option<PyRef<'_, ReadyQueue>>,
     ) -> PyResult<Self> {
-        if prefetch == 0 {
-            return Err(PyValueError::new_err("prefetch must be >= 1, got 0"));
-        }
         if slots == 0 {
-            return Err(PyValueError::new_err("slots must be >= 1, got 0"));
+            return Err(CoreError::Invalid("slots must be >= 1, got 0".into()).into());
         }
         if copy_threads == 0 {
-            return Err(PyValueError::new_err("copy_threads must be >= 1, got 0"));
+            return Err(CoreError::Invalid("copy_threads must be >= 1, got 0".into()).into());
         }
+        let pool = Pool::new(PoolConfig {
+            slots,
+            max_bytes,
+            lock,
+            cuda,
+        });
+        let queue = match queue {
+            Some(queue) => {
+                queue.core.feed(pool.clone())?;
+                Some(Arc::clone(&queue.core))
+            }
+            None => None,
+        };
         Ok(Self {
-            pool: Pool::new(PoolConfig {
-                slots,
-                max_bytes,
-                lock,
-                cuda,
-            }),
-            ready: ArrayQueue::new(prefetch),
-            ready_signal: Notifier::new(),
-            consumer_waiting: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
+            pool,
+            queue,
             copy_threads,
             counters: Arc::new(FillCounters::default()),
         })
@@ -93,7 +79,8 @@ impl Ring {
     #[pyo3(signature = (nbytes, timeout=None))]
     fn acquire(&self, py: Python<'_>, nbytes: usize, timeout: Option<f64>) -> PyResult<Slot> {
         let timeout = timeout_from(timeout)?;
-        let starving = || self.consumer_waiting.load(Ordering::SeqCst) && self.ready.is_empty();
+        let queue = self.queue.as_deref();
+        let starving = || queue.is_some_and(QueueCore::starving);
         let lease = py
             .detach(|| self.pool.acquire(nbytes, timeout, starving))
             .map_err(CoreError::Acquire)?;
@@ -104,104 +91,17 @@ impl Ring {
         })
     }
 
-    /// Producer: hand an item to the consumer, waiting for room (at most `prefetch` items wait).
-    /// Returns `False` when the ring was closed instead.
-    fn publish(&self, py: Python<'_>, item: Py<PyAny>) -> bool {
-        let mut item = Some(item);
-        let pushed = py.detach(|| {
-            self.ready_signal.wait_for(FOREVER, || {
-                if self.closed.load(Ordering::SeqCst) {
-                    return Some(false);
-                }
-                let value = item.take().expect("the item is pushed once");
-                match self.ready.push(value) {
-                    Ok(()) => Some(true),
-                    Err(back) => {
-                        item = Some(back);
-                        None
-                    }
-                }
-            })
-        });
-        let pushed = pushed.unwrap_or(false);
-        if pushed {
-            self.ready_signal.notify();
-            // A starving producer check looks at the ready queue: let it see the new item.
-            self.pool.wake();
-        }
-        // `item` (if not pushed) is dropped here, with the GIL held.
-        drop(item);
-        pushed
-    }
-
-    /// Consumer: the next item, waiting with the GIL released. Returns `None` after `timeout`
-    /// seconds; raises `StreamClosedError` once closed and drained; raises `KeyboardInterrupt`
-    /// (or whatever a signal handler raises) while waiting.
-    #[pyo3(signature = (timeout=None))]
-    fn pop(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
-        if let Some(item) = self.ready.pop() {
-            self.ready_signal.notify();
-            return Ok(Some(item));
-        }
-        let deadline = Instant::now() + timeout_from(timeout)?;
-        self.consumer_waiting.store(true, Ordering::SeqCst);
-        self.pool.wake();
-        let result = loop {
-            let chunk = SIGNAL_POLL.min(deadline.saturating_duration_since(Instant::now()));
-            let popped = py.detach(|| {
-                self.ready_signal.wait_for(chunk, || {
-                    if let Some(item) = self.ready.pop() {
-                        return Some(Some(item));
-                    }
-                    self.closed.load(Ordering::SeqCst).then_some(None)
-                })
-            });
-            match popped {
-                Some(Some(item)) => break Ok(Some(item)),
-                Some(None) => {
-                    break Err(CoreError::Acquire(AcquireError::Closed).into());
-                }
-                None => {
-                    if let Err(interrupt) = py.check_signals() {
-                        break Err(interrupt);
-                    }
-                    if Instant::now() >= deadline {
-                        break Ok(None);
-                    }
-                }
-            }
-        };
-        self.consumer_waiting.store(false, Ordering::SeqCst);
-        self.ready_signal.notify();
-        result
-    }
-
-    /// Stop both sides: wakes a blocked producer and consumer, drops items not yet consumed
-    /// (their slots return) and frees every slot no batch still holds.
-    fn close(&self, py: Python<'_>) {
-        self.closed.store(true, Ordering::SeqCst);
+    /// Stop handing out slots, wake a blocked producer and free every slot no batch holds.
+    fn close(&self) {
         self.pool.close();
-        self.ready_signal.notify();
-        let mut dropped = Vec::new();
-        while let Some(item) = self.ready.pop() {
-            dropped.push(item);
-        }
-        drop(dropped);
-        self.ready_signal.notify();
-        let _ = py;
     }
 
     #[getter]
     fn closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.pool.is_closed()
     }
 
-    /// Items published and not yet popped.
-    fn __len__(&self) -> usize {
-        self.ready.len()
-    }
-
-    /// Pool and fill counters (a dict of ints/floats/bools).
+    /// Pool and fill counters (a dict of ints and floats).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let pool = self.pool.stats();
         let dict = PyDict::new(py);
@@ -217,7 +117,6 @@ impl Ring {
         dict.set_item("bytes_copied", self.counters.bytes.load(Ordering::SeqCst))?;
         let nanos = self.counters.nanos.load(Ordering::SeqCst);
         dict.set_item("fill_seconds", nanos as f64 * 1e-9)?;
-        dict.set_item("ready", self.ready.len())?;
         Ok(dict)
     }
 }

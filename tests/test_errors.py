@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+
 import fastbridge
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +17,11 @@ from fastbridge import (
     UnsupportedLeafError,
     stream,
 )
+
+try:
+    from fastbridge import _core
+except ImportError:
+    _core = None
 
 
 def _failing(n_good):
@@ -109,17 +117,78 @@ def test_structure_and_dtype_changes_are_named(backend):
     ("kwargs", "message"),
     [
         ({"backend": "bogus"}, r"backend must be one of 'auto', 'ring'.*got 'bogus'"),
-        ({"prefetch": 0}, "prefetch must be an int >= 1, got 0"),
-        ({"prefetch": 2.5}, "prefetch must be an int >= 1, got 2.5"),
-        ({"slots": 0}, "slots must be an int >= 1 or None, got 0"),
-        ({"max_pool_bytes": -1}, "max_pool_bytes must be an int >= 1 or None, got -1"),
-        ({"copy_threads": 0}, "copy_threads must be an int >= 1 or None, got 0"),
+        ({"prefetch": 0}, "prefetch must be an int from 1 to 1048576, got 0"),
+        ({"slots": 0}, "slots must be an int from 1 to 1048576 or None, got 0"),
+        ({"max_pool_bytes": -1}, r"max_pool_bytes must be an int from 1 to \d+ or None, got -1"),
+        ({"copy_threads": 0}, "copy_threads must be an int from 1 to 1024 or None, got 0"),
         ({"device": "nope"}, "device='nope'"),
+        ({"batch_size": 4}, r"batch_size= only applies with pad_last=True"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         stream([np.zeros(2)], **kwargs)
+
+
+HUGE = [2**40, 2**62, 2**64, 10**30]
+
+
+@pytest.mark.parametrize("name", ["prefetch", "slots", "copy_threads", "max_pool_bytes"])
+@pytest.mark.parametrize("value", HUGE)
+def test_huge_integer_options_are_refused_before_anything_is_allocated(name, value):
+    """2**40 used to abort the interpreter (a failed allocation), 2**62 raised a
+    PanicException and 2**64 a bare OverflowError: each is a ValueError naming the option."""
+    if name == "max_pool_bytes" and value < 2**63:
+        # A cap this large is allowed: it only bounds growth, and allocates nothing.
+        with stream([np.zeros(2, np.float32)], backend="ring", max_pool_bytes=value) as s:
+            assert float(next(s).sum()) == 0.0
+        return
+    with pytest.raises(ValueError, match=rf"^{name} must be an int from 1 to \d+"):
+        stream([np.zeros(2)], **{name: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"prefetch": 2.5}, "prefetch"),
+        ({"prefetch": True}, "prefetch"),
+        ({"slots": "4"}, "slots"),
+        ({"pad_last": 1}, "pad_last"),
+        ({"checkpoint": "yes"}, "checkpoint"),
+        ({"progress": None}, "progress"),
+        ({"pin_memory": 0}, "pin_memory"),
+        ({"shard_by_process": "no"}, "shard_by_process"),
+    ],
+)
+def test_options_of_the_wrong_type_are_type_errors_naming_the_option(kwargs, name):
+    with pytest.raises(TypeError, match=rf"^{name} must be"):
+        stream([np.zeros(2)], **kwargs)
+
+
+def test_a_core_queue_refuses_a_huge_capacity_without_aborting():
+    """The extension itself never aborts on a size it cannot allocate."""
+    if _core is None:
+        pytest.skip("needs the Rust extension")
+    for value in (0, 2**40, 2**62):
+        with pytest.raises(ValueError, match="capacity must be between 1 and"):
+            _core.ReadyQueue(value)
+    with pytest.raises(OverflowError):
+        _core.ReadyQueue(2**64)
+
+
+def test_device_and_sharding_together_are_refused():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    with pytest.raises(ValueError, match=r"pass device= or sharding=, not both"):
+        stream([np.zeros(2)], device=jax.devices()[0], sharding=sharding)
+
+
+def test_a_mapping_source_is_refused_with_a_way_to_make_batches():
+    """``stream({"x": array})`` used to iterate the dict's keys and yield string batches."""
+    with pytest.raises(TypeError, match=r"source is a dict: iterating a mapping yields its keys"):
+        stream({"x": np.zeros((8, 2))})
+    with pytest.raises(TypeError, match=r"fastbridge\.from_numpy\(arrays\)"):
+        stream(collections.OrderedDict(x=np.zeros(3)))
 
 
 def test_bad_sources_and_devices_are_type_errors():
@@ -134,7 +203,11 @@ def test_bad_sources_and_devices_are_type_errors():
 
 def test_every_error_is_a_fastbridge_error():
     for name in fastbridge.errors.__all__:
-        assert issubclass(getattr(fastbridge, name), fastbridge.FastbridgeError)
+        kind = getattr(fastbridge, name)
+        if issubclass(kind, Warning):
+            assert kind is fastbridge.FastbridgeWarning
+            continue
+        assert issubclass(kind, fastbridge.FastbridgeError), name
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)

@@ -23,7 +23,7 @@ def _endless(shape=(32, 32)):
 def test_close_wakes_a_producer_blocked_on_a_free_slot(backend):
     s = stream(_endless(), backend=backend, prefetch=1, slots=1)
     held = [next(s), next(s)]  # the only slot is held: the producer waits for it
-    assert wait_until(lambda: s._pipeline.ring.stats()["slots_leased"] >= 2, timeout=5)
+    assert wait_until(lambda: s._pipeline.backend.pool.stats()["slots_leased"] >= 2, timeout=5)
     thread = s._pipeline.thread
     started = time.monotonic()
     s.close()
@@ -38,7 +38,7 @@ def test_close_wakes_a_producer_blocked_on_a_free_slot(backend):
 @pytest.mark.parametrize("backend", ["ring", "numpy", "direct"])
 def test_close_wakes_a_producer_blocked_on_a_full_ready_queue(backend):
     s = stream(_endless(), backend=backend, prefetch=2)
-    assert wait_until(lambda: len(s._pipeline.ring) == 2, timeout=5)
+    assert wait_until(lambda: len(s._pipeline.backend.queue) == 2, timeout=5)
     s.close()
     assert wait_until(lambda: not s._pipeline.thread.is_alive(), timeout=2)
 
@@ -47,7 +47,7 @@ def test_close_wakes_a_producer_blocked_on_a_full_ready_queue(backend):
 def test_an_abandoned_stream_is_collected_with_its_thread(backend):
     s = stream(_endless(), backend=backend, prefetch=2)
     next(s)
-    ring = s._pipeline.ring
+    ring = s._pipeline.backend.pool
     del s
     assert wait_until(lambda: not producer_threads(), timeout=5)
     if backend in SLOT_BACKENDS:
@@ -84,7 +84,7 @@ def test_fill_releases_the_gil():
     """Another Python thread keeps running while a large fill copies (threads meet at a
     barrier; the other thread timestamps its iterations, and we count those inside the fill)."""
     big = np.ones(64 << 20, np.uint8)
-    ring = _core.Ring(prefetch=1, slots=1, copy_threads=1)
+    ring = _core.SlotPool(slots=1, copy_threads=1)
     slot = ring.acquire(big.nbytes)
     barrier = threading.Barrier(2)
     done = threading.Event()

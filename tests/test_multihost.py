@@ -44,7 +44,7 @@ WORKER = textwrap.dedent(
                 batch, mask = item if pad else (item, None)
                 assert batch["x"].shape[0] == 8 and not batch["x"].is_fully_addressable
                 if backend == "ring":  # each local shard aliases this process's slot
-                    ranges = batches._pipeline.converter.slot_ranges
+                    ranges = batches._pipeline.backend.converter.slot_ranges
                     for shard in batch["x"].addressable_shards:
                         ptr = shard.data.unsafe_buffer_pointer()
                         assert any(a <= ptr < a + n for a, n in ranges.items()), "copied"

@@ -19,7 +19,7 @@ def _slot_of(pointer: int, ranges: dict[int, int]) -> int | None:
 
 
 def test_core_leaf_aliases_its_slot():
-    ring = _core.Ring(prefetch=1, slots=1)
+    ring = _core.SlotPool(slots=1)
     slot = ring.acquire(4096)
     assert slot.address % _core.PAGE_SIZE == 0
     data = np.arange(256, dtype=np.float32).reshape(16, 16)
@@ -41,7 +41,7 @@ def test_core_leaf_aliases_its_slot():
 
 
 def test_capsules_follow_the_dlpack_protocol():
-    ring = _core.Ring(prefetch=1, slots=1)
+    ring = _core.SlotPool(slots=1)
     slot = ring.acquire(64)
     slot.fill([(np.arange(4, dtype=np.int32), 0, 0)])
     leaf = slot.export(0, [4], 0, 32)
@@ -66,7 +66,7 @@ def test_ring_stream_aliases_slots_and_recycles_them():
     batch = np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)
     ds = tf.data.Dataset.from_tensors(batch).repeat(40)
     with stream(ds, backend="ring", prefetch=2) as batches:
-        ranges = batches._pipeline.converter.slot_ranges
+        ranges = batches._pipeline.backend.converter.slot_ranges
         used = []
         for b in batches:
             pointer = b.unsafe_buffer_pointer()
@@ -86,7 +86,7 @@ def test_ring_stream_aliases_slots_and_recycles_them():
 def test_numpy_ring_aliases_its_slots_too():
     batch = np.ones((32, 32), np.float32)
     with stream([batch] * 10, backend="numpy", prefetch=2) as batches:
-        ranges = batches._pipeline.converter.slot_ranges
+        ranges = batches._pipeline.backend.converter.slot_ranges
         pointers = [b.unsafe_buffer_pointer() for b in batches]
     assert all(_slot_of(p, ranges) is not None for p in pointers)
 
@@ -114,7 +114,7 @@ def test_direct_narrows_64_bit_leaves_into_recycled_slots():
     }
     ds = tf.data.Dataset.from_tensors(batch).repeat(30)
     with stream(ds, backend="direct", prefetch=2) as batches:
-        ranges = batches._pipeline.converter.slots.slot_ranges
+        ranges = batches._pipeline.backend.converter.narrowing.slot_ranges
         used = []
         for b in batches:
             assert (b["ids"].dtype, b["price"].dtype, b["image"].dtype) == (
@@ -150,6 +150,6 @@ def test_pinned_memory_is_reported():
         assert batches.stats.pinned is False
     with stream([batch] * 3, backend="ring", pin_memory=True) as batches:
         list(batches)
-        slot = _core.Ring(prefetch=1, slots=1).acquire(4096)
+        slot = _core.SlotPool(slots=1).acquire(4096)
         # Pinned exactly when mlock is allowed here; the stream reports what the core achieved.
         assert batches.stats.pinned == slot.locked

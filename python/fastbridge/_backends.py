@@ -1,7 +1,9 @@
-"""How one batch becomes a pytree of ``jax.Array`` in each backend.
+"""The backends: how one batch becomes a pytree of ``jax.Array``, and who does the work.
 
-Every converter runs on the producer thread (except ``copy``, which is the consumer-side
-baseline), so JAX's per-leaf import cost never lands on the consumer.
+A backend owns its ready queue, its converter and its slots (if any). The producer thread
+calls ``prepare`` on every batch it reads and publishes the result on ``queue``; the consumer
+takes it and calls ``deliver``. Every converter runs on the producer thread except ``copy``'s,
+the consumer-side baseline, so JAX's per-leaf import cost never lands on the consumer.
 """
 
 from __future__ import annotations
@@ -107,14 +109,14 @@ class SlotConverter:
 
     def __init__(
         self,
-        ring: Any,
+        pool: Any,
         placement: Placement,
         flatten: Flattener,
     ) -> None:
-        self.ring = ring
+        self.pool = pool
         self.placement = placement
         self.flatten = flatten
-        self.numpy_ring = "_numpy_ring" in type(ring).__module__
+        self.numpy_ring = bool(getattr(pool, "numpy_views", False))
         self.on_cpu = placement.device.platform == "cpu"
         self.acquire_seconds = 0.0
         self.slot_ranges: dict[int, int] = {}
@@ -161,7 +163,7 @@ class SlotConverter:
                 plan.append((i, start, stop, devices, offset))
                 end = offset + nbytes
         started = time.perf_counter()
-        slot = self.ring.acquire(end)
+        slot = self.pool.acquire(end)
         self.acquire_seconds += time.perf_counter() - started
         try:
             self.slot_ranges[slot.address] = slot.capacity
@@ -212,7 +214,7 @@ class DirectConverter:
     ``device_put`` of NumPy arrays, which aliases 64-byte-aligned memory on CPU).
 
     Leaves that must be narrowed (64-bit data with JAX's x64 off) cannot alias the source. With
-    ``slots``, they are written, range-checked, into a reused slot of the core's pool in one
+    ``narrowing``, they are written, range-checked, into a reused slot of the core's pool in one
     GIL-free pass, so no batch pays for fresh pages; without it, into new aligned memory.
     """
 
@@ -220,17 +222,17 @@ class DirectConverter:
         self,
         placement: Placement,
         flatten: Flattener,
-        slots: SlotConverter | None = None,
+        narrowing: SlotConverter | None = None,
     ) -> None:
         self.placement = placement
         self.flatten = flatten
-        self.slots = slots
+        self.narrowing = narrowing
         self._checked = False
 
     @property
     def acquire_seconds(self) -> float:
         """Time spent waiting for a slot for narrowed leaves (the consumer held them all)."""
-        return self.slots.acquire_seconds if self.slots is not None else 0.0
+        return self.narrowing.acquire_seconds if self.narrowing is not None else 0.0
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         tf = _tf()
@@ -247,8 +249,8 @@ class DirectConverter:
         narrowed ones through a slot (or new memory), the rest without a copy where JAX can."""
         positions = [i for i, _, _ in leaves]
         narrowed = [entry for entry in leaves if entry[2].conversion not in (COPY, CAST)]
-        if narrowed and self.slots is not None:
-            arrays, _ = self.slots.write(
+        if narrowed and self.narrowing is not None:
+            arrays, _ = self.narrowing.write(
                 [leaf for _, leaf, _ in narrowed], [spec for _, _, spec in narrowed]
             )
             for (i, _, _), array in zip(narrowed, arrays, strict=True):
@@ -347,3 +349,110 @@ class CopyConverter:
             out.append(array)
             nbytes += array.nbytes
         return jax.tree_util.tree_unflatten(flat.treedef, out), nbytes
+
+
+class Backend:
+    """One backend: a ready queue, a converter, and slots where it copies into slots.
+
+    ``prepare(item, index)`` runs on the producer thread and returns ``(payload, nbytes)``;
+    ``deliver(payload)`` runs on the consumer and returns the batch. ``pool`` is the slot pool
+    (``None`` when the backend copies nothing into slots).
+    """
+
+    def __init__(self, name: str, queue: Any, pool: Any, converter: Any) -> None:
+        self.name = name
+        self.queue = queue
+        self.pool = pool
+        self.converter = converter
+        self._final_stats: dict[str, Any] | None = None
+
+    def prepare(self, item: Any, index: int) -> tuple[Any, int]:
+        return self.converter(item, index)  # type: ignore[no-any-return]
+
+    def deliver(self, payload: Any) -> Any:
+        return payload
+
+    @property
+    def acquire_seconds(self) -> float:
+        """Producer time spent waiting for a free slot (the consumer held them all)."""
+        return float(getattr(self.converter, "acquire_seconds", 0.0))
+
+    def pool_stats(self) -> dict[str, Any]:
+        """The slot pool's counters (empty without one; frozen at close)."""
+        if self._final_stats is not None:
+            return self._final_stats
+        return dict(self.pool.stats()) if self.pool is not None else {}
+
+    def consumer_copies(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._final_stats is None:
+            # Stats after the end describe the pool as it was, not the freed one.
+            self._final_stats = self.pool_stats()
+        self.queue.close()
+        if self.pool is not None:
+            self.pool.close()
+
+
+class CopyBackend(Backend):
+    """``copy``: the producer only reads; ``jnp.array`` of every leaf runs on the consumer."""
+
+    def prepare(self, item: Any, index: int) -> tuple[Any, int]:
+        return (item, index), 0
+
+    def deliver(self, payload: Any) -> Any:
+        item, index = payload
+        # The x64 setting the stream was made under, as the producer thread uses elsewhere.
+        with jax.enable_x64(self.converter.flatten.x64):
+            batch, _ = self.converter(item, index)
+        return batch
+
+    def consumer_copies(self) -> bool:
+        return True
+
+
+def make_backend(
+    name: str,
+    *,
+    core: Any,
+    placement: Placement,
+    flatten: Flattener,
+    prefetch: int,
+    slots: int,
+    max_pool_bytes: int | None,
+    pin_memory: bool,
+    copy_threads: int,
+) -> Backend:
+    """The backend ``name`` (already resolved from ``auto``); ``core`` is ``fastbridge._core``
+    or ``None`` when the extension is not built."""
+    from ._numpy_ring import NumpyQueue, NumpySlotPool
+
+    native = core is not None and name != "numpy"
+    queue: Any = core.ReadyQueue(prefetch) if native else NumpyQueue(prefetch)
+
+    def pool() -> Any:
+        options = dict(
+            slots=slots,
+            max_bytes=max_pool_bytes,
+            lock=pin_memory,
+            cuda=pin_memory and placement.device.platform == "gpu",
+            copy_threads=copy_threads,
+            queue=queue,
+        )
+        return core.SlotPool(**options) if native else NumpySlotPool(**options)
+
+    if name in ("ring", "numpy"):
+        slot_pool = pool()
+        return Backend(name, queue, slot_pool, SlotConverter(slot_pool, placement, flatten))
+    if name == "direct":
+        if core is None:  # NumPy narrows into fresh memory
+            return Backend(name, queue, None, DirectConverter(placement, flatten))
+        # Slots only for leaves that must be narrowed (allocated on first use, so a batch that
+        # aliases its source takes none).
+        slot_pool = pool()
+        narrowing = SlotConverter(slot_pool, placement, flatten)
+        return Backend(name, queue, slot_pool, DirectConverter(placement, flatten, narrowing))
+    if name == "copy":
+        return CopyBackend(name, queue, None, CopyConverter(placement, flatten))
+    raise ValueError(f"unknown backend {name!r}")

@@ -6,10 +6,12 @@ from typing_extensions import CapsuleType
 
 __all__ = [
     "LEAF_ALIGN",
+    "MAX_QUEUE_CAPACITY",
     "PAGE_SIZE",
     "Leaf",
-    "Ring",
+    "ReadyQueue",
     "Slot",
+    "SlotPool",
     "capsule_name",
     "copy_into",
     "__version__",
@@ -18,29 +20,39 @@ __all__ = [
 
 PAGE_SIZE: int
 LEAF_ALIGN: int
+MAX_QUEUE_CAPACITY: int
 __version__: str
 
 @final
-class Ring:
-    """A ring of page-aligned slots between one producer thread and one consumer."""
+class ReadyQueue:
+    """Batches in order between one producer thread and one consumer."""
+
+    def __new__(cls, capacity: int) -> ReadyQueue: ...
+    def publish(self, item: Any) -> bool: ...
+    def pop_into(self, holder: list[Any], timeout: float | None = None) -> bool: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    def __len__(self) -> int: ...
+
+@final
+class SlotPool:
+    """Page-aligned, optionally pinned slots that the producer fills."""
 
     def __new__(
         cls,
         *,
-        prefetch: int,
         slots: int,
         max_bytes: int | None = None,
         lock: bool = True,
         cuda: bool = False,
         copy_threads: int = 2,
-    ) -> Ring: ...
+        queue: ReadyQueue | None = None,
+    ) -> SlotPool: ...
     def acquire(self, nbytes: int, timeout: float | None = None) -> Slot: ...
-    def publish(self, item: Any) -> bool: ...
-    def pop(self, timeout: float | None = None) -> Any | None: ...
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
-    def __len__(self) -> int: ...
     def stats(self) -> dict[str, int | float]: ...
 
 @final

@@ -286,34 +286,53 @@ def overflow_error(spec: LeafSpec, value: str) -> LeafOverflowError:
             f"converted from {spec.source_dtype} because JAX's x64 mode is off); enable "
             "jax_enable_x64 or pass dtypes='keep' with it, or fix the data"
         )
+    return _does_not_fit(spec.path, value, spec.target_dtype, why)
+
+
+def _does_not_fit(path: str, value: Any, target: np.dtype, why: str) -> LeafOverflowError:
     return LeafOverflowError(
-        f"leaf {spec.path} has value {value}, which does not fit {spec.target_dtype} ({why}",
-        spec.path,
+        f"leaf {path} has value {value}, which does not fit {target} ({why}", path
     )
 
 
-def checked_cast(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
-    """A ``dtypes=`` cast (not one the core does): like ``astype``, but an integer target
-    never wraps. Values it cannot hold (out of range, or NaN/inf from floats) raise."""
-    target = spec.target_dtype
-    if (
-        target.kind in "iu"
-        and arr.dtype.kind in "iuf"
-        and arr.size
-        and not np.can_cast(arr.dtype, target, "safe")
-    ):
+def astype_checked(arr: np.ndarray, target: Any, path: str, why: str) -> np.ndarray:
+    """``arr.astype(target)`` that never changes a value silently: integers never wrap, floats
+    never truncate to an integer out of range, and finite values never become inf. A value
+    that does not fit raises ``LeafOverflowError`` naming ``path``; ``why`` ends the message
+    (it says where the target dtype comes from and closes the parenthesis)."""
+    target = np.dtype(target)
+    if arr.dtype == target or not arr.size:
+        return arr.astype(target)
+    if target.kind in "iu" and arr.dtype.kind in "biuf" and not np.can_cast(arr.dtype, target):
         info = np.iinfo(target)
         lo, hi = arr.min(), arr.max()
         if arr.dtype.kind == "f":
             if not np.isfinite(arr).all():
-                raise overflow_error(spec, str(arr[~np.isfinite(arr)].flat[0]))
+                raise _does_not_fit(path, arr[~np.isfinite(arr)].flat[0], target, why)
             # astype truncates toward zero. Compare with info.max + 1, a power of two that
             # floats hold exactly: info.max itself would round up to it and let it through.
             if np.trunc(lo) < info.min or np.trunc(hi) >= info.max + 1:
-                raise overflow_error(spec, str(lo if np.trunc(lo) < info.min else hi))
+                raise _does_not_fit(path, lo if np.trunc(lo) < info.min else hi, target, why)
         elif lo < info.min or hi > info.max:
-            raise overflow_error(spec, str(lo if lo < info.min else hi))
-    return arr.astype(target)
+            raise _does_not_fit(path, lo if lo < info.min else hi, target, why)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(target)
+    if target.kind in "fc" and arr.dtype.kind in "iufc":
+        lost = np.isfinite(arr) & ~np.isfinite(out)
+        if lost.any():
+            raise _does_not_fit(path, arr[lost].flat[0], target, why)
+    return out
+
+
+def checked_cast(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
+    """A ``dtypes=`` cast (not one the core does): like ``astype``, but values the target
+    cannot hold (out of range, NaN or inf for an integer, finite values that overflow to inf)
+    raise instead of changing."""
+    why = (
+        f"converted from {spec.source_dtype} because dtypes= asks for it); ask for a wider "
+        "dtype, or fix the data"
+    )
+    return astype_checked(arr, spec.target_dtype, spec.path, why)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

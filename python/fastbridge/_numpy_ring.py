@@ -1,7 +1,8 @@
-"""The slot ring in pure Python and NumPy: the fallback when the Rust core is not built, and
-the comparison path in the benchmark.
+"""The slot pool and ready queue in pure Python and NumPy: the fallback when the Rust core is
+not built, and the comparison path in the benchmark.
 
-It mirrors ``fastbridge._core.Ring`` method for method, so the stream drives both the same way.
+They mirror ``fastbridge._core.SlotPool`` and ``ReadyQueue`` method for method, so the stream
+drives both the same way.
 A slot returns to the free list when every view exported from it has been garbage-collected:
 each exported view goes to JAX through DLPack, NumPy's capsule keeps that view alive until
 JAX's deleter runs, and a ``weakref.finalize`` on the view then gives the slot back.
@@ -26,6 +27,7 @@ from .errors import PoolExhaustedError, StreamClosedError
 PAGE_SIZE = 4096
 LEAF_ALIGN = 64
 _SIGNAL_POLL = 0.05
+MAX_QUEUE_CAPACITY = 1 << 20
 # Leaves at least this large are copied in parts on ``copy_threads`` threads (NumPy releases
 # the GIL while it copies), as the core does above the same size (copy.rs).
 PARALLEL_BYTES = 4 << 20
@@ -64,7 +66,7 @@ class _Slot:
 class NumpySlot:
     """A slot being filled; the same methods as ``fastbridge._core.Slot``."""
 
-    def __init__(self, ring: NumpyRing, slot: _Slot) -> None:
+    def __init__(self, ring: NumpySlotPool, slot: _Slot) -> None:
         self._ring = ring
         self._slot: _Slot | None = slot
         self._exported = False
@@ -130,21 +132,113 @@ class NumpySlot:
             self._ring._unref(slot)
 
 
-class NumpyRing:
-    """Pure-NumPy twin of ``fastbridge._core.Ring`` (same constructor and methods)."""
+class NumpyQueue:
+    """Pure-Python twin of ``fastbridge._core.ReadyQueue`` (same constructor and methods).
+
+    ``pop_into`` moves an item into the caller's list with no call in between that could
+    raise ``KeyboardInterrupt``: a Ctrl-C either leaves the item queued or finds it in the list.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if not 1 <= capacity <= MAX_QUEUE_CAPACITY:
+            raise ValueError(f"capacity must be between 1 and {MAX_QUEUE_CAPACITY}, got {capacity}")
+        self._capacity = capacity
+        self._cond = threading.Condition(threading.RLock())
+        self._ready: collections.deque[Any] = collections.deque()
+        self._closed = False
+        self._consumer_waiting = False
+        self._pools: list[NumpySlotPool] = []
+        self._pid = os.getpid()
+
+    def _feed(self, pool: NumpySlotPool) -> None:
+        if self._pools:
+            raise ValueError("a NumpyQueue feeds one NumpySlotPool only")
+        self._pools.append(pool)
+
+    def starving(self) -> bool:
+        """The consumer is blocked and nothing is ready (read without the lock)."""
+        return self._consumer_waiting and not self._ready
+
+    def _wake_pools(self) -> None:
+        for pool in self._pools:
+            pool._wake()
+
+    def publish(self, item: Any) -> bool:
+        with self._cond:
+            while not self._closed and len(self._ready) >= self._capacity:
+                self._cond.wait()
+            if self._closed:
+                return False
+            self._ready.append(item)
+            self._cond.notify_all()
+        self._wake_pools()
+        return True
+
+    def pop_into(self, holder: list[Any], timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = False
+        try:
+            with self._cond:
+                while not self._ready:
+                    if self._closed:
+                        raise StreamClosedError("the stream was closed")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    if not waiting:
+                        waiting = self._consumer_waiting = True
+                        self._wake_pools()
+                    wait = _SIGNAL_POLL if remaining is None else min(_SIGNAL_POLL, remaining)
+                    self._cond.wait(wait)  # a KeyboardInterrupt here leaves the item queued
+                # Subscripts and in-place concatenation call no Python-level function, so no
+                # signal handler can run between taking the item and storing it in holder.
+                holder += (self._ready[0],)
+                del self._ready[0]
+                self._cond.notify_all()
+                return True
+        finally:
+            if waiting:
+                self._consumer_waiting = False
+                with self._cond:
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        if os.getpid() != self._pid:
+            self._closed = True
+            return
+        with self._cond:
+            self._closed = True
+            dropped = list(self._ready)
+            self._ready.clear()
+            self._cond.notify_all()
+        self._wake_pools()
+        del dropped  # outside the lock: dropping batches runs finalizers that take locks
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+
+class NumpySlotPool:
+    """Pure-NumPy twin of ``fastbridge._core.SlotPool`` (same constructor and methods)."""
+
+    numpy_views = True
+    """Exports are NumPy views: they always say CPU device 0, and bfloat16 leaves come out as
+    uint16 (NumPy cannot export bfloat16 through DLPack), to be bitcast by the importer."""
 
     def __init__(
         self,
         *,
-        prefetch: int,
         slots: int,
         max_bytes: int | None = None,
         lock: bool = True,
         cuda: bool = False,
         copy_threads: int = 2,
+        queue: NumpyQueue | None = None,
     ) -> None:
-        if prefetch < 1:
-            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if copy_threads < 1:
@@ -152,27 +246,30 @@ class NumpyRing:
         del lock, cuda  # NumPy can neither pin memory nor register it with CUDA
         self._copy_threads = copy_threads
         self._copier: ThreadPoolExecutor | None = None  # started by the first large copy
-        self._prefetch = prefetch
         self._target_slots = slots
         self._max_bytes = max_bytes
+        self._queue = queue
         # RLock: a finalizer may run (garbage collection) while this thread holds the lock.
         self._cond = threading.Condition(threading.RLock())
         self._free: collections.deque[_Slot] = collections.deque()
-        self._ready: collections.deque[Any] = collections.deque()
         self._slots = 0
         self._bytes = 0
         self._leased = 0
         self._grown = 0
         self._closed = False
-        self._consumer_waiting = False
         self._fills = 0
         self._bytes_copied = 0
         self._fill_seconds = 0.0
-        # After fork() the child inherits this ring but not the producer thread, which may have
+        # After fork() the child inherits this pool but not the producer thread, which may have
         # held the lock at that moment: the child must never wait on it (see _unref, close).
         self._pid = os.getpid()
+        if queue is not None:
+            queue._feed(self)
 
-    # -- pool ------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
     def acquire(self, nbytes: int, timeout: float | None = None) -> NumpySlot:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -189,7 +286,7 @@ class NumpyRing:
                 if self._slots < self._target_slots:
                     slot = self._allocate(nbytes, grown=False)
                     break
-                if self._consumer_waiting and not self._ready:
+                if self._queue is not None and self._queue.starving():
                     slot = self._allocate(nbytes, grown=True)
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -201,6 +298,13 @@ class NumpyRing:
 
     def _allocate(self, nbytes: int, *, grown: bool) -> _Slot:
         capacity = max(PAGE_SIZE, -(-nbytes // PAGE_SIZE) * PAGE_SIZE)
+        if self._max_bytes is not None and self._bytes + capacity > self._max_bytes:
+            # Free slots count against the cap too: give them back before refusing, so that a
+            # refusal only ever means memory that batches really hold.
+            while self._free:
+                freed = self._free.popleft()
+                self._slots -= 1
+                self._bytes -= freed.buffer.nbytes
         if self._max_bytes is not None and self._bytes + capacity > self._max_bytes:
             raise PoolExhaustedError(
                 f"max_pool_bytes={self._max_bytes} reached: the pool already holds "
@@ -262,45 +366,12 @@ class NumpyRing:
             self._bytes_copied += nbytes
             self._fill_seconds += seconds
 
-    # -- ready queue -------------------------------------------------------------------------
-    def publish(self, item: Any) -> bool:
-        with self._cond:
-            while not self._closed and len(self._ready) >= self._prefetch:
-                self._cond.wait()
-            if self._closed:
-                return False
-            self._ready.append(item)
-            self._cond.notify_all()
-            return True
-
-    def pop(self, timeout: float | None = None) -> Any | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            self._consumer_waiting = True
-            self._cond.notify_all()
-            try:
-                while not self._ready:
-                    if self._closed:
-                        raise StreamClosedError("the stream was closed")
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return None
-                    wait = _SIGNAL_POLL if remaining is None else min(_SIGNAL_POLL, remaining)
-                    self._cond.wait(wait)
-                item = self._ready.popleft()
-                self._cond.notify_all()
-                return item
-            finally:
-                self._consumer_waiting = False
-
     def close(self) -> None:
         if os.getpid() != self._pid:
             self._closed = True
             return
         with self._cond:
             self._closed = True
-            dropped = list(self._ready)
-            self._ready.clear()
             while self._free:
                 slot = self._free.popleft()
                 self._slots -= 1
@@ -309,14 +380,10 @@ class NumpyRing:
             copier, self._copier = self._copier, None
         if copier is not None:
             copier.shutdown(wait=False)  # its threads exit once a running fill's parts finish
-        del dropped  # outside the lock: dropping batches runs finalizers that take it
 
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __len__(self) -> int:
-        return len(self._ready)
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
@@ -332,5 +399,4 @@ class NumpyRing:
                 "fills": self._fills,
                 "bytes_copied": self._bytes_copied,
                 "fill_seconds": self._fill_seconds,
-                "ready": len(self._ready),
             }

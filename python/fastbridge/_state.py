@@ -1,108 +1,204 @@
-"""Checkpointable streams: what ``Stream.state()`` saves and how ``stream(state=...)`` resumes.
+"""A stream's saved position: what ``Stream.state()`` returns and ``stream(state=...)`` takes.
 
-A state is a small JSON-serializable dict::
+A state is a small JSON-serializable dict (every field is checked on resume; a field that is
+wrong raises one ``ValueError`` that names it)::
 
-    {"version": 1, "batches": <batches consumed>, "source": <source state or None>}
+    {"version": 2, "batches": <batches delivered>, "source": <source iterator state or None>}
 
-* Sources whose iterator has ``get_state()`` / ``set_state()`` (Grain-style): the producer
-  records the iterator's state right after reading each batch and hands it along with the batch,
-  so the saved state is exactly "after the last batch the consumer received", however far the
-  producer has prefetched. Resuming calls ``set_state``.
-* ``tf.data`` datasets streamed with ``checkpoint=True``: ``state()`` pauses the producer
-  between two reads, serializes the dataset iterator's own state (shuffle buffers and random
-  state included, as ``tf.train.Checkpoint`` would) and adds the batches it has read ahead but
-  the consumer has not received yet. Resuming restores the iterator and yields those batches
-  first: exact for any pipeline, and nothing is re-read. The state then also holds
-  ``"tf_iterator"`` (base64) and ``"pending"`` (the read-ahead batches, base64 ``.npy`` leaves
-  in ``tf.nest`` order; strings and ML dtypes such as bfloat16 are stored without pickle, see
-  ``_encode_leaf``), and is still JSON-serializable.
-* Other sources (``tf.data`` without ``checkpoint=True`` included) are replayed: resuming skips
-  the batches already consumed (``Dataset.skip`` for tf.data). This is exact for deterministic
-  pipelines (seeded ``shuffle``, deterministic ``map``), and cheap to save, but resuming
-  re-reads what it skips.
+plus, for ``tf.data`` streams with ``checkpoint=True``::
+
+    "tf_iterator": <the dataset iterator's own state, base64>,
+    "pending": <batches read ahead and not delivered, base64 .npy leaves in tf.nest order>,
+    "skip": <batches of pending + iterator to drop first>
+
+and ``"batch_size"`` with ``pad_last=True``. How each source kind resumes:
+
+* Iterators with ``get_state()`` / ``set_state()`` (Grain-style): the producer snapshots the
+  iterator's state right after reading each batch and hands the snapshot along with the
+  batch, so the saved state is exactly "after the last batch delivered", however far the
+  producer read ahead. Snapshots are encoded to JSON as they are taken (``encode_value``): a
+  live dict the iterator goes on mutating cannot leak into them, and ``bytes``, tuples and
+  NumPy values come back as they were.
+* ``tf.data`` with ``checkpoint=True``: the iterator's own state (shuffle buffers and random
+  state included, as ``tf.train.Checkpoint`` would save it) plus the batches read ahead
+  (``_position.TfLog``). Resuming restores the iterator and yields the saved batches first.
+* Everything else is replayed: resuming skips the batches already delivered, which is exact
+  for deterministic pipelines and cheap to save, but re-reads what it skips.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import dataclasses
 import io
-import itertools
-import sys
-from collections.abc import Iterator
+import math
 from typing import Any
 
 import numpy as np
 
 from ._leaves import host_view
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+_VERSIONS = (1, 2)  # version 1 states (no "skip") resume as before
+_FIELDS = ("version", "batches", "source", "tf_iterator", "pending", "skip", "batch_size")
 
 
-def validate(state: Any) -> dict[str, Any]:
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+@dataclasses.dataclass(frozen=True)
+class SavedState:
+    """A checked ``state=`` dict."""
+
+    batches: int
+    source: Any
+    """The source iterator's state, decoded (``None``: the source is replayed)."""
+    tf_iterator: str | None
+    pending: list[Any]
+    """Encoded read-ahead batches; decoded against the dataset's element_spec."""
+    skip: int
+    batch_size: int | None
+
+
+def _int_field(state: dict[str, Any], name: str, minimum: int, default: Any) -> Any:
+    value = state.get(name, default)
+    if value is default:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"state[{name!r}] must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def parse(state: Any) -> SavedState:
+    """Check every field of a ``state=`` dict (it may come from an untrusted file)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"state must be a dict made by Stream.state(), got {type(state).__name__}")
+    unknown = sorted(str(k) for k in state if k not in _FIELDS)
+    if unknown:
         raise ValueError(
-            f"state must be a dict made by Stream.state() (version {STATE_VERSION}), got {state!r}"
+            f"state has unknown field(s) {', '.join(map(repr, unknown))}; a Stream.state() "
+            f"has {', '.join(map(repr, _FIELDS))}"
         )
-    batches = state.get("batches")
-    if not isinstance(batches, int) or batches < 0:
-        raise ValueError(f"state['batches'] must be an int >= 0, got {batches!r}")
-    return state
-
-
-def restore(
-    source: Any, state: dict[str, Any] | None, tf_source: bool, numpy: bool
-) -> tuple[Iterator[Any], Any]:
-    """An iterator over ``source`` positioned after ``state['batches']`` batches, and the
-    underlying source iterator (whose state ``checkpoint=True`` saves)."""
-    skip = 0 if state is None else state["batches"]
-    if tf_source:
-        has_iterator_state = state is not None and state.get("tf_iterator") is not None
-        ds = source.skip(skip) if skip and not has_iterator_state else source
-        iterator = iter(ds.as_numpy_iterator() if numpy else ds)
-        if not has_iterator_state:
-            return iterator, iterator
-        assert state is not None
-        load_tf_iterator(iterator, state["tf_iterator"])
-        pending = decode_items(state.get("pending", []), source.element_spec, numpy)
-        return itertools.chain(pending, iterator), iterator
-    iterator = iter(source)
-    if state is not None and state.get("source") is not None:
-        if not hasattr(iterator, "set_state"):
-            raise ValueError(
-                "state holds a source state, but this source's iterator has no set_state()"
-            )
-        iterator.set_state(state["source"])
-        return iterator, iterator
-    return itertools.islice(iterator, skip, None), iterator
-
-
-def _tf_iterator(iterator: Any) -> Any:
-    # as_numpy_iterator() wraps the dataset iterator that owns the state.
-    return getattr(iterator, "_iterator", iterator)
-
-
-def save_tf_iterator(iterator: Any) -> str:
-    """The tf.data iterator's state as base64 text (what tf.train.Checkpoint would store)."""
-    import tensorflow as tf
-    from tensorflow.python.ops import gen_dataset_ops
-
-    try:
-        variant = gen_dataset_ops.serialize_iterator(_tf_iterator(iterator)._iterator_resource)
-    except tf.errors.OpError as error:
+    version = state.get("version")
+    if isinstance(version, bool) or version not in _VERSIONS:
         raise ValueError(
-            "checkpoint=True could not save this tf.data pipeline's iterator state (it has "
-            f"state tf.data cannot save, such as a py_function): {error.message}; stream it "
-            "with checkpoint=False to resume by replaying instead"
+            f"state['version'] must be one of {_VERSIONS} (a dict made by Stream.state()), "
+            f"got {version!r}"
+        )
+    if "batches" not in state:
+        raise ValueError("state['batches'] is missing (a dict made by Stream.state() has it)")
+    batches = _int_field(state, "batches", 0, None)
+    tf_iterator = state.get("tf_iterator")
+    if tf_iterator is not None and not isinstance(tf_iterator, str):
+        raise ValueError(
+            f"state['tf_iterator'] must be base64 text, got {type(tf_iterator).__name__}"
+        )
+    pending = state.get("pending", [])
+    if not isinstance(pending, list) or not all(isinstance(b, list) for b in pending):
+        raise ValueError("state['pending'] must be a list of batches, each a list of leaves")
+    if pending and tf_iterator is None:
+        raise ValueError("state['pending'] holds batches but state['tf_iterator'] is missing")
+    skip = _int_field(state, "skip", 0, 0)
+    if skip and tf_iterator is None:
+        raise ValueError("state['skip'] is set but state['tf_iterator'] is missing")
+    batch_size = _int_field(state, "batch_size", 1, None)
+    source = state.get("source")
+    if source is not None:
+        try:
+            source = decode_value(source)
+        except ValueError as error:
+            raise ValueError(f"state['source'] is malformed: {error}") from None
+    return SavedState(batches, source, tf_iterator, pending, skip, batch_size)
+
+
+# -- the source iterator's own state, as lossless JSON -----------------------------------------
+
+_TAG = "__fastbridge__"
+
+
+class Unsaveable:
+    """A snapshot that could not be encoded; ``state()`` raises its message."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def encode_value(value: Any, where: str = "get_state()") -> Any:
+    """``value`` as a new JSON-safe structure that ``decode_value`` turns back into an equal
+    value: JSON types as they are; ``bytes``, tuples, NumPy arrays and scalars, non-finite
+    floats and dicts with keys that are not strings as tagged dicts. Raises ``TypeError``
+    naming where anything else was found."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int) and type(value) is int:
+        return value
+    if type(value) is float:
+        return value if math.isfinite(value) else {_TAG: "float", "repr": repr(value)}
+    if isinstance(value, list) and type(value) is list:
+        return [encode_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple) and type(value) is tuple:
+        return {
+            _TAG: "tuple",
+            "items": [encode_value(v, f"{where}[{i}]") for i, v in enumerate(value)],
+        }
+    if isinstance(value, (bytes, bytearray)) and type(value) in (bytes, bytearray):
+        return {_TAG: "bytes", "base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict) and type(value) is dict:
+        if all(type(k) is str for k in value) and _TAG not in value:
+            return {k: encode_value(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {
+            _TAG: "dict",
+            "items": [
+                [encode_value(k, f"{where} key"), encode_value(v, f"{where}[{k!r}]")]
+                for k, v in value.items()
+            ],
+        }
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype.kind == "O":
+            raise TypeError(f"{where} holds a NumPy array of Python objects")
+        return {
+            _TAG: "ndarray",
+            "leaf": _encode_leaf(array),
+            "scalar": isinstance(value, np.generic),
+        }
+    raise TypeError(
+        f"{where} holds a {type(value).__module__}.{type(value).__qualname__}, which cannot be "
+        "saved as JSON without loss (JSON types, bytes, tuples and NumPy arrays can)"
+    )
+
+
+def decode_value(value: Any) -> Any:
+    """The value ``encode_value`` encoded; raises ``ValueError`` on a malformed tag."""
+    if isinstance(value, list):
+        return [decode_value(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if _TAG not in value:
+        return {k: decode_value(v) for k, v in value.items()}
+    kind = value[_TAG]
+    try:
+        if kind == "bytes":
+            return base64.b64decode(value["base64"], validate=True)
+        if kind == "tuple":
+            return tuple(decode_value(v) for v in value["items"])
+        if kind == "dict":
+            return {decode_value(k): decode_value(v) for k, v in value["items"]}
+        if kind == "float":
+            if value["repr"] not in ("nan", "inf", "-inf"):
+                raise ValueError(f"bad float {value['repr']!r}")
+            return float(value["repr"])
+        if kind == "ndarray":
+            array = _decode_any_leaf(value["leaf"])
+            return array[()] if value.get("scalar") else array
+    except (KeyError, TypeError, binascii.Error) as error:
+        raise ValueError(
+            f"a {kind!r} value is malformed ({type(error).__name__}: {error})"
         ) from None
-    return base64.b64encode(tf.io.serialize_tensor(variant).numpy()).decode("ascii")
+    raise ValueError(f"unknown tag {kind!r}")
 
 
-def load_tf_iterator(iterator: Any, saved: str) -> None:
-    import tensorflow as tf
-    from tensorflow.python.ops import gen_dataset_ops
-
-    variant = tf.io.parse_tensor(base64.b64decode(saved), out_type=tf.variant)
-    gen_dataset_ops.deserialize_iterator(_tf_iterator(iterator)._iterator_resource, variant)
+# -- read-ahead batches (checkpoint=True) ---------------------------------------------------
 
 
 def _npy(array: np.ndarray) -> str:
@@ -111,9 +207,13 @@ def _npy(array: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _load_npy(text: str) -> np.ndarray:
+def _load_npy(text: Any) -> np.ndarray:
     # Never allow_pickle: a state may come from an untrusted file.
-    array: np.ndarray = np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
+    try:
+        raw = base64.b64decode(text, validate=True)
+        array: np.ndarray = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (binascii.Error, TypeError, ValueError, OSError, EOFError) as error:
+        raise ValueError(f"not a base64 .npy array ({type(error).__name__})") from None
     return array
 
 
@@ -144,35 +244,39 @@ def _encode_leaf(leaf: Any) -> str | dict[str, str]:
     return _npy(array)
 
 
-def _decode_leaf(encoded: Any, tf_dtype: Any) -> np.ndarray:
-    """The leaf ``_encode_leaf`` saved, as an array of ``tf_dtype``: the dataset's element_spec
-    decides the dtype, not the state, which may come from an untrusted file."""
-    if tf_dtype.name == "string":
+def _decode_leaf(encoded: Any, spec: Any) -> np.ndarray:
+    """The leaf ``_encode_leaf`` saved, as an array of ``spec``'s dtype and a shape it allows:
+    the dataset's element_spec decides, not the state, which may come from an untrusted file."""
+    if spec.dtype.name == "string":
         if not (isinstance(encoded, dict) and encoded.get("dtype") == "string"):
-            raise ValueError("state['pending'] holds a leaf that is not a string leaf")
-        return _decode_strings(encoded)
-    dtype = np.dtype(tf_dtype.as_numpy_dtype)
-    if isinstance(encoded, str):
-        array = _load_npy(encoded)
-    elif isinstance(encoded, dict) and encoded.get("dtype") == dtype.name:
-        array = _load_npy(encoded["npy"])
+            raise ValueError("expected a string leaf")
+        array = _decode_strings(encoded)
     else:
-        raise ValueError(f"state['pending'] holds a leaf that is not a {dtype.name} leaf")
-    if dtype.kind == "V" and array.dtype != dtype and array.dtype.itemsize == dtype.itemsize:
-        # ML dtypes come back as unsigned integers (or as raw V bytes from older states).
-        array = array.view(dtype)
-    if array.dtype != dtype:
-        raise ValueError(
-            f"state['pending'] holds a {array.dtype} leaf where the dataset has {dtype}"
-        )
+        dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        if isinstance(encoded, str):
+            array = _load_npy(encoded)
+        elif isinstance(encoded, dict) and encoded.get("dtype") == dtype.name:
+            array = _load_npy(encoded.get("npy"))
+        else:
+            raise ValueError(f"expected a {dtype.name} leaf")
+        if dtype.kind == "V" and array.dtype != dtype and array.dtype.itemsize == dtype.itemsize:
+            # ML dtypes come back as unsigned integers (or as raw V bytes from older states).
+            array = array.view(dtype)
+        if array.dtype != dtype:
+            raise ValueError(f"a {array.dtype} leaf where the dataset has {dtype}")
+    if not spec.shape.is_compatible_with(array.shape):
+        raise ValueError(f"shape {array.shape} where the dataset has {spec.shape}")
     return array
 
 
 def _decode_strings(encoded: dict[str, Any]) -> np.ndarray:
-    lengths = _load_npy(encoded["lengths"])
-    data = base64.b64decode(encoded["data"])
+    lengths = _load_npy(encoded.get("lengths"))
+    try:
+        data = base64.b64decode(encoded.get("data"), validate=True)
+    except (binascii.Error, TypeError):
+        raise ValueError("a malformed string leaf") from None
     if lengths.dtype.kind not in "iu" or (lengths < 0).any() or lengths.sum() != len(data):
-        raise ValueError("state['pending'] holds a malformed string leaf")
+        raise ValueError("a malformed string leaf")
     ends = np.cumsum(lengths.ravel()).tolist()
     out = np.empty(lengths.shape, dtype=object)
     out.flat[:] = [data[end - n : end] for end, n in zip(ends, lengths.flat, strict=True)]
@@ -194,13 +298,18 @@ def decode_items(encoded: list[list[Any]], element_spec: Any, numpy: bool = True
 
     specs = tf.nest.flatten(element_spec)
     out = []
-    for leaves in encoded:
+    for b, leaves in enumerate(encoded):
         if len(leaves) != len(specs):
             raise ValueError(
-                f"state['pending'] holds batches of {len(leaves)} leaves, the dataset's have "
+                f"state['pending'][{b}] holds {len(leaves)} leaves, the dataset's batches have "
                 f"{len(specs)}"
             )
-        arrays = [_decode_leaf(leaf, spec.dtype) for leaf, spec in zip(leaves, specs, strict=True)]
+        arrays = []
+        for j, (leaf, spec) in enumerate(zip(leaves, specs, strict=True)):
+            try:
+                arrays.append(_decode_leaf(leaf, spec))
+            except ValueError as error:
+                raise ValueError(f"state['pending'][{b}][{j}]: {error}") from None
         if numpy:
             values: list[Any] = [a[()] if a.ndim == 0 else a for a in arrays]
         else:
@@ -212,6 +321,15 @@ def decode_items(encoded: list[list[Any]], element_spec: Any, numpy: bool = True
     return out
 
 
-def is_tf_dataset(source: Any) -> bool:
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and isinstance(source, tf.data.Dataset)
+def _decode_any_leaf(encoded: Any) -> np.ndarray:
+    """A leaf ``_encode_leaf`` saved, whatever its dtype (source states say it themselves)."""
+    if isinstance(encoded, str):
+        return _load_npy(encoded)
+    if isinstance(encoded, dict) and encoded.get("dtype") == "string":
+        return _decode_strings(encoded)
+    if isinstance(encoded, dict) and isinstance(encoded.get("dtype"), str):
+        import ml_dtypes
+
+        dtype = np.dtype(getattr(ml_dtypes, encoded["dtype"]))
+        return _load_npy(encoded["npy"]).view(dtype)
+    raise ValueError("not an encoded array")

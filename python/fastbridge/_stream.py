@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import collections
+import atexit
 import dataclasses
 import os
 import threading
 import time
+import warnings
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Generic, Literal, TypeVar
 
 import jax
 
-from ._backends import CopyConverter, DirectConverter, Placement, SlotConverter
+from . import _backends
+from ._backends import Placement, make_backend
 from ._leaves import DtypePolicy, Flattener, check_policy
 from ._multihost import agree_on_batches, process_count, shard_source
-from ._numpy_ring import NumpyRing
+from ._numpy_ring import MAX_QUEUE_CAPACITY
 from ._padding import Padder
+from ._position import BATCH, END, ERROR, Position, Reader, restore
 from ._progress import ProgressBar, summary
-from ._state import (
-    STATE_VERSION,
-    encode_items,
-    is_tf_dataset,
-    restore,
-    save_tf_iterator,
-    validate,
-)
-from .errors import SourceError, StreamClosedError
+from ._state import STATE_VERSION, SavedState, Unsaveable, encode_value
+from ._state import parse as parse_state
+from ._tfdata import PipelineFacts, cardinality, is_dataset, pipeline_facts
+from .errors import FastbridgeWarning, StreamClosedError
 
 try:
     from . import _core
@@ -38,7 +36,13 @@ Backend = Literal["auto", "ring", "numpy", "direct", "copy"]
 BACKENDS: tuple[str, ...] = ("auto", "ring", "numpy", "direct", "copy")
 T = TypeVar("T")
 
-_BATCH, _ERROR, _END = 0, 1, 2
+# Upper bounds on the integer options, checked before anything is allocated.
+MAX_SLOTS = 1 << 20
+MAX_COPY_THREADS = 1024
+MAX_POOL_BYTES = (1 << 63) - 1
+STATE_TIMEOUT = 5.0
+"""Default bound, in seconds, on how long ``Stream.state()`` waits for a source read."""
+_JOIN_SECONDS = 1.0
 
 
 def core_available() -> bool:
@@ -95,18 +99,21 @@ def _resolve_device(device: jax.Device | str | None) -> jax.Device:
     raise TypeError(f"device must be a jax.Device, a platform name or None, got {device!r}")
 
 
-def _resolve_backend(backend: str, device: jax.Device, *, tf_source: bool) -> str:
+def _resolve_backend(backend: str, device: jax.Device, facts: PipelineFacts | None) -> str:
+    """``backend`` with ``auto`` resolved; ``facts`` describe a tf.data source (else ``None``)."""
     if backend not in BACKENDS:
         raise ValueError(
             f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
         )
     if backend == "auto":
         # On CPU, TensorFlow's own buffers need no copy and any extra copy competes with the
-        # step for cores and memory bandwidth (benches/RESULTS.md). TensorFlow never reuses a
-        # buffer that is still referenced; any other iterable may refill the arrays it yielded
-        # (a preallocated batch buffer), so batches the consumer holds would change: those get
-        # their own copy in slots. On accelerators, pinned slots feed asynchronous transfers.
-        if device.platform == "cpu" and tf_source:
+        # step for cores and memory bandwidth (benches/RESULTS.md). A buffer TensorFlow made
+        # is never written again while referenced; but TensorFlow aliases 64-byte-aligned
+        # arrays that Python code in the pipeline returns (from_generator, py_function,
+        # numpy_function), and any other iterable may refill the arrays it yielded, so
+        # batches the consumer holds could change: those get their own copy in slots. On
+        # accelerators, pinned slots feed asynchronous transfers.
+        if device.platform == "cpu" and facts is not None and not facts.runs_python:
             return "direct"
         return "ring" if _core is not None else "numpy"
     if backend == "ring" and _core is None:
@@ -114,117 +121,134 @@ def _resolve_backend(backend: str, device: jax.Device, *, tf_source: bool) -> st
             "backend='ring' needs the Rust extension fastbridge._core, which is not built; "
             "install a fastbridge wheel, or use backend='numpy'"
         )
+    if backend == "direct" and facts is not None and facts.runs_python:
+        warnings.warn(
+            "backend='direct' hands TensorFlow's buffers to JAX, and this pipeline runs "
+            f"Python code ({', '.join(facts.python_ops) or 'from_generator'}) whose arrays "
+            "TensorFlow aliases when they are 64-byte aligned: if that code refills an array "
+            "it returned, batches you hold change. Use backend='auto' (which copies such "
+            "batches into slots), or make the Python code return a new array each time",
+            FastbridgeWarning,
+            stacklevel=4,
+        )
     return backend
 
 
+def _check_checkpoint(facts: PipelineFacts) -> None:
+    """What checkpoint=True cannot restore in this pipeline: refuse, or say so once."""
+    if facts.generator:
+        raise ValueError(
+            "checkpoint=True cannot save this pipeline's position: tf.data cannot save the "
+            "state of a Dataset.from_generator iterator. Stream it with checkpoint=False "
+            "(resuming then replays the batches already delivered), or build the dataset "
+            "with fastbridge.from_numpy or a tf.data source"
+        )
+    limits = []
+    if facts.reshuffles_unseeded:
+        limits.append(
+            "an unseeded shuffle (or random dataset) runs again after a resume, under a "
+            "repeat() or inside an interleave/flat_map, with new seeds: batches up to the end "
+            "of the current epoch resume exactly, later epochs come in a different order. "
+            "Pass shuffle(..., seed=N) (or call tf.random.set_seed) to make them exact"
+        )
+    if facts.stateful_random:
+        limits.append(
+            f"stateful random ops ({', '.join(facts.stateful_random)}) keep state that tf.data "
+            "does not save: after a resume they draw different numbers. Use stateless random "
+            "ops (tf.random.stateless_uniform, Dataset.random) to make them exact"
+        )
+    if limits:
+        warnings.warn(
+            "checkpoint=True cannot resume this pipeline exactly: " + "; and ".join(limits),
+            FastbridgeWarning,
+            stacklevel=4,
+        )
+
+
 class _Pipeline:
-    """State shared by the consumer and the producer thread. The thread references this, not
+    """What the producer thread shares with the consumer. The thread references this, never
     the ``Stream``, so an abandoned stream can be garbage-collected (which closes it)."""
 
     def __init__(
-        self,
-        backend: str,
-        ring: Any,
-        converter: Any,
-        iterator: Iterator[Any],
-        *,
-        state_source: Any = None,
-        first_index: int = 0,
-        padder: Padder | None = None,
-        limit: int | None = None,
-        x64: bool = False,
+        self, reader: Reader, backend: _backends.Backend, cursor: Position, x64: bool
     ) -> None:
-        self.padder = padder
-        # Batches to yield in all (multi-process streams agree on it); past the source's end,
-        # padded streams fill up with all-padding batches.
-        self.limit = limit
-        self.last_item: Any = None
-        # checkpoint=True: batches read from the source and not yet delivered, and a lock the
-        # producer holds while it reads, so that state() can stop it between two reads.
-        self.read_lock = threading.Lock()
-        self.unconsumed: collections.deque[Any] | None = None
+        self.reader = reader
         self.backend = backend
+        # The position of the last batch the consumer delivered: replaced in one step by the
+        # consumer, read in one step by state() and by the reader (to forget delivered batches).
+        self.cursor = cursor
         self.x64 = x64
-        self.ring = ring
-        self.converter = converter
-        self.iterator = iterator
-        # The iterator whose get_state() describes the position (inside any padding wrapper).
-        self.state_source = state_source if hasattr(state_source, "get_state") else None
-        self.index = first_index
         self.closed = threading.Event()
         self.thread: threading.Thread | None = None
         self.source_seconds = 0.0
         self.convert_seconds = 0.0
         self.pid = os.getpid()
-        self.final_ring_stats: dict[str, Any] | None = None
 
-    def step(self) -> tuple[int, Any]:
-        """Read and prepare one batch: ``(_BATCH, (batch, nbytes, source_state))``,
-        ``(_END, None)`` or ``(_ERROR, exception)``. Errors keep their position."""
-        index = self.index
-        if self.limit is not None and index >= self.limit:
-            return (_END, None)
+    def step(self) -> tuple[int, Any, int, Position | None]:
+        """Read and prepare one batch: ``(kind, payload, nbytes, position)`` where ``kind`` is
+        ``BATCH``, ``END`` or ``ERROR`` (then ``payload`` is the exception)."""
         started = time.perf_counter()
-        padded = False
-        try:
-            with self.read_lock:
-                item = next(self.iterator)
-                if self.unconsumed is not None:
-                    self.unconsumed.append(item)
-        except StopIteration:
-            if self.limit is None or self.padder is None or self.last_item is None:
-                return (_END, None)
-            item, padded = self.padder.empty_like(self.last_item), True
-        except Exception as error:
-            failure = SourceError(
-                f"the source raised {type(error).__name__} at batch {index}: {error}", index
-            )
-            failure.__cause__ = error
-            return (_ERROR, failure)
-        source_state = self.state_source.get_state() if self.state_source is not None else None
+        kind, item, position = self.reader.read(self.cursor.batches)
         read = time.perf_counter()
         self.source_seconds += read - started
-        if self.limit is not None and not padded:
-            self.last_item = item
-        if self.padder is not None and not padded:
-            item = self.padder(item)
-        batch, nbytes = self.converter(item, index)
-        self.convert_seconds += time.perf_counter() - read
-        self.index += 1
-        return (_BATCH, (batch, nbytes, source_state, not padded))
+        if kind != BATCH:
+            return (kind, item, 0, None)
+        assert position is not None
+        try:
+            payload, nbytes = self.backend.prepare(item, position.batches - 1)
+        except Exception as error:  # e.g. a leaf that does not fit: the stream ends here
+            return (ERROR, error, 0, None)
+        finally:
+            self.convert_seconds += time.perf_counter() - read
+        return (BATCH, payload, nbytes, position)
 
     def produce(self) -> None:
         # JAX's x64 switch can be thread-local (``with jax.enable_x64():``); the producer
         # imports arrays, so it must see the consumer's setting from when the stream was made.
+        queue = self.backend.queue
         with jax.enable_x64(self.x64):
             try:
                 while not self.closed.is_set():
                     entry = self.step()
-                    if not self.ring.publish(entry) or entry[0] != _BATCH:
+                    if not queue.publish(entry) or entry[0] != BATCH:
                         return
                     del entry
             except StreamClosedError:
                 return
             except BaseException as error:  # delivered in order, after every good batch
                 if not self.closed.is_set():
-                    self.ring.publish((_ERROR, error))
+                    queue.publish((ERROR, error, 0, None))
 
-    def close(self) -> None:
+    def close(self, join: float = _JOIN_SECONDS) -> None:
         if self.closed.is_set():
             return
         self.closed.set()
         if os.getpid() != self.pid:
             # A forked child: the producer thread and any lock it held stayed in the parent.
             return
-        if self.ring is not None:
-            # Stats after the end describe the pool as it was, not the freed one.
-            self.final_ring_stats = self.ring.stats()
-            self.ring.close()
+        self.backend.close()
         thread = self.thread
-        if thread is not None and thread is not threading.current_thread():
+        if join and thread is not None and thread is not threading.current_thread():
             # The producer may be inside the source's own next() (e.g. a slow tf.data map);
             # it notices the close as soon as that returns. Do not hang the caller on it.
-            thread.join(timeout=1.0)
+            thread.join(timeout=join)
+
+
+# Streams still open, closed together at interpreter exit within one bounded wait (closing
+# them one by one would wait up to _JOIN_SECONDS for each producer blocked in its source).
+_OPEN: weakref.WeakSet[_Pipeline] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    pipelines = list(_OPEN)
+    for pipeline in pipelines:
+        pipeline.close(join=0)
+    deadline = time.monotonic() + _JOIN_SECONDS
+    for pipeline in pipelines:
+        thread = pipeline.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class Stream(Iterator[T], Generic[T]):
@@ -255,111 +279,108 @@ class Stream(Iterator[T], Generic[T]):
         pin_memory: bool = True,
         copy_threads: int | None = None,
     ) -> None:
-        _check_int("prefetch", prefetch, minimum=1)
-        _check_int("slots", slots, minimum=1, optional=True)
-        _check_int("max_pool_bytes", max_pool_bytes, minimum=1, optional=True)
-        _check_int("copy_threads", copy_threads, minimum=1, optional=True)
-        _check_int("batch_size", batch_size, minimum=1, optional=True)
-        if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
-            raise TypeError(
-                f"source must be a tf.data.Dataset or an iterable of NumPy pytrees, "
-                f"got {type(source).__name__}"
-            )
+        _check_int("prefetch", prefetch, 1, MAX_QUEUE_CAPACITY)
+        _check_int("slots", slots, 1, MAX_SLOTS, optional=True)
+        _check_int("max_pool_bytes", max_pool_bytes, 1, MAX_POOL_BYTES, optional=True)
+        _check_int("copy_threads", copy_threads, 1, MAX_COPY_THREADS, optional=True)
+        _check_int("batch_size", batch_size, 1, MAX_POOL_BYTES, optional=True)
+        for name, flag in (
+            ("pad_last", pad_last),
+            ("checkpoint", checkpoint),
+            ("shard_by_process", shard_by_process),
+            ("progress", progress),
+            ("pin_memory", pin_memory),
+        ):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        _check_source(source)
         if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
             raise TypeError(f"sharding must be a jax.sharding.Sharding, got {sharding!r}")
+        if sharding is not None and device is not None:
+            raise ValueError(
+                "pass device= or sharding=, not both: a sharding already says which devices "
+                "hold the batch"
+            )
         if batch_size is not None and not pad_last:
             raise ValueError("batch_size= only applies with pad_last=True")
         self._device = _resolve_device(device)
         if sharding is not None:
             self._device = next(iter(sharding.addressable_devices))
-        tf_source = is_tf_dataset(source)
-        self._backend = _resolve_backend(backend, self._device, tf_source=tf_source)
+        tf_source = is_dataset(source)
+        facts = pipeline_facts(source) if tf_source else None
+        self._backend = _resolve_backend(backend, self._device, facts)
         x64 = bool(jax.config.read("jax_enable_x64"))
         check_policy(dtypes, x64)
+        if checkpoint and facts is None:
+            raise ValueError(
+                "checkpoint=True applies to tf.data sources; other iterables resume exactly "
+                "through their iterator's get_state()/set_state(), or by replaying"
+            )
+        if checkpoint and facts is not None:
+            _check_checkpoint(facts)
         if service is not None:
             if not tf_source:
                 raise TypeError("service= needs a tf.data.Dataset source")
             from .service import distribute
 
             source = distribute(source, service)
+        unsharded = source
         limit = None
         if process_count() > 1:
             if service is None and shard_by_process:
                 source = shard_source(source, tf_source)
             limit = agree_on_batches(_known_length(source, tf_source), pad_last=pad_last)
-        self._base_state = validate(state) if state is not None else None
+        saved = parse_state(state) if state is not None else None
+        if saved is not None:
+            _check_state_fits(saved, source, tf_source, limit)
         self._started = time.perf_counter()
-        self._batches = 0
         self._bytes = 0
         self._wait = 0.0
         self._done = False
-        self._source_state: Any = None
+        # The batch taken from the queue and not yet returned: a KeyboardInterrupt between
+        # the two leaves it here, and the next call returns it (see __next__).
+        self._inflight: list[Any] = []
 
         placement = Placement(self._device, sharding)
-        wants_numpy = self._backend in ("ring", "numpy", "copy")
-        if checkpoint and not tf_source:
-            raise ValueError(
-                "checkpoint=True applies to tf.data sources; other iterables resume exactly "
-                "through their iterator's get_state()/set_state(), or by replaying"
-            )
-        iterator, state_source = restore(source, self._base_state, tf_source, wants_numpy)
-        self._tf_iterator = state_source
-        if self._base_state is not None:
-            self._source_state = self._base_state.get("source")
-        elif hasattr(state_source, "get_state"):
-            self._source_state = state_source.get_state()
-        if pad_last and batch_size is None and self._base_state is not None:
+        numpy_items = self._backend in ("ring", "numpy", "copy")
+        items, stateful, log = restore(source, saved, tf_source, numpy_items, checkpoint)
+        if pad_last and batch_size is None and saved is not None:
             # The batch size the interrupted stream learned from its first batch: a resume that
             # starts at the short last batch must still pad it to full size.
-            batch_size = self._base_state.get("batch_size")
-            _check_int("state['batch_size']", batch_size, minimum=1, optional=True)
+            batch_size = saved.batch_size
         padder = Padder(batch_size) if pad_last else None
+        first = saved.batches if saved is not None else 0
+        self._first = first
+        reader = Reader(
+            items,
+            first=first,
+            stateful=stateful,
+            log=log,
+            limit=limit,
+            padder=padder,
+            template=_template(unsharded, tf_source, numpy_items) if limit is not None else None,
+        )
         flatten = Flattener(x64=x64, dtypes=dtypes, padded=pad_last)
-        total = _known_length(source, tf_source)
-        self._progress = ProgressBar(total, self._backend) if progress else None
-
-        first = self._base_state["batches"] if self._base_state else 0
-        if self._backend == "copy":
-            converter: Any = CopyConverter(placement, flatten)
-            self._pipeline = _Pipeline(
-                "copy", None, converter, iterator,
-                state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
-            )  # fmt: skip
-            if checkpoint:
-                self._pipeline.unconsumed = collections.deque()
-            self._finalizer = weakref.finalize(self, self._pipeline.close)
-            return
-
-        threads = copy_threads or min(2, os.cpu_count() or 1)
-        ring_args = dict(
+        self._backend_impl = make_backend(
+            self._backend,
+            core=_core,
+            placement=placement,
+            flatten=flatten,
             prefetch=prefetch,
             slots=slots or prefetch + 2,
-            max_bytes=max_pool_bytes,
-            lock=pin_memory,
-            cuda=pin_memory and self._device.platform == "gpu",
-            copy_threads=threads,
+            max_pool_bytes=max_pool_bytes,
+            pin_memory=pin_memory,
+            copy_threads=copy_threads or min(2, os.cpu_count() or 1),
         )
-        if self._backend in ("ring", "numpy"):
-            ring: Any = (
-                _core.Ring(**ring_args) if self._backend == "ring" else NumpyRing(**ring_args)
-            )  # type: ignore[arg-type]
-            converter = SlotConverter(ring, placement, flatten)
-        elif _core is not None:
-            # direct: the core's lock-free ready queue, and slots only for leaves that must be
-            # narrowed (allocated on first use, so a batch that aliases its source takes none).
-            ring = _core.Ring(**ring_args)  # type: ignore[arg-type]
-            narrowing = SlotConverter(ring, placement, flatten)  # used for its slots only
-            converter = DirectConverter(placement, flatten, slots=narrowing)
-        else:  # direct without the core: NumPy narrows into fresh memory
-            ring = NumpyRing(prefetch=prefetch, slots=1)
-            converter = DirectConverter(placement, flatten)
-        self._pipeline = _Pipeline(
-            self._backend, ring, converter, iterator,
-            state_source=state_source, first_index=first, padder=padder, limit=limit, x64=x64,
-        )  # fmt: skip
-        if checkpoint:
-            self._pipeline.unconsumed = collections.deque()
+        self._padder = padder
+        start = Position(first, encode_value(saved.source) if saved and saved.source else None)
+        self._pipeline = _Pipeline(reader, self._backend_impl, start, x64)
+        self._log = log
+        total = _known_length(source, tf_source)
+        self._progress = ProgressBar(total, self._backend) if progress else None
         self._finalizer = weakref.finalize(self, self._pipeline.close)
+        self._finalizer.atexit = False  # _close_all_at_exit closes every stream at once
+        _OPEN.add(self._pipeline)
         thread = threading.Thread(
             target=self._pipeline.produce,
             name=f"fastbridge-producer-{self._backend}",
@@ -375,61 +396,75 @@ class Stream(Iterator[T], Generic[T]):
     def __next__(self) -> T:
         if self._done:
             raise StopIteration
-        if self._pipeline.pid != os.getpid():
+        pipeline = self._pipeline
+        if pipeline.pid != os.getpid():
             raise RuntimeError(
                 "this stream was created in another process (os.fork()); its producer thread "
                 "and slots do not exist here: create a new stream in the child"
             )
-        started = time.perf_counter()
+        # Exactly once under Ctrl-C: the queue moves the next entry into ``inflight`` (never
+        # taking it when a signal is pending), and the entry leaves ``inflight`` only in the
+        # last statements before ``return``, which call nothing, so no KeyboardInterrupt can
+        # arrive between them. An interrupt anywhere earlier leaves the entry in ``inflight``
+        # and the next call delivers it: nothing is lost, nothing is delivered twice.
+        inflight = self._inflight
+        if not inflight:
+            started = time.perf_counter()
+            try:
+                pipeline.backend.queue.pop_into(inflight)
+            except StreamClosedError:
+                self._done = True
+                raise StopIteration from None
+            finally:
+                self._wait += time.perf_counter() - started
+        kind, payload, nbytes, position = inflight[0]
+        if kind != BATCH:
+            del inflight[0]
+            self.close()
+            if kind == END:
+                raise StopIteration
+            raise payload
         try:
-            if self._pipeline.ring is None:  # copy: prepared right here, on the consumer
-                try:
-                    with jax.enable_x64(self._pipeline.x64):  # as the producer thread does
-                        entry = self._pipeline.step()
-                except Exception as error:  # e.g. a leaf that does not fit: the stream ends
-                    entry = (_ERROR, error)
-            else:
-                entry = self._pipeline.ring.pop()
-        except StreamClosedError:
-            self._done = True
-            raise StopIteration from None
-        finally:
-            self._wait += time.perf_counter() - started
-        kind, payload = entry
-        if kind == _BATCH:
-            batch, nbytes, source_state, from_source = payload
-            if from_source and self._pipeline.unconsumed is not None:
-                self._pipeline.unconsumed.popleft()
-            self._batches += 1
-            self._bytes += nbytes
-            self._source_state = source_state
-            if self._progress is not None:
-                self._progress.update(self.stats)
-            return batch  # type: ignore[no-any-return]
-        self.close()
-        if kind == _END:
-            raise StopIteration
-        raise payload
+            batch = pipeline.backend.deliver(payload)
+        except Exception:  # copy's conversion failed (e.g. a leaf that does not fit): the end
+            del inflight[0]
+            self.close()
+            raise
+        if self._progress is not None:
+            self._progress.update(self._stats(delivered=position.batches))
+        # Commit: plain stores only from here to ``return``.
+        pipeline.cursor = position
+        self._bytes += nbytes
+        del inflight[0]
+        return batch  # type: ignore[no-any-return]
 
     # -- checkpointing -----------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, *, timeout: float = STATE_TIMEOUT) -> dict[str, Any]:
         """A JSON-serializable position: resume with ``stream(source, state=...)`` to get
-        exactly the batches after the last one this stream delivered (see ``_state``)."""
-        before = self._base_state["batches"] if self._base_state else 0
+        exactly the batches after the last one this stream delivered.
+
+        Safe from any thread. Returns within about ``timeout`` seconds: with ``checkpoint=True``
+        it waits at most that long for a source read in progress, then saves the last
+        iterator state it has (resuming then re-reads the batches after it); after ``close()``
+        it does not wait at all.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        cursor = self._pipeline.cursor  # one read: batches and source state always agree
+        source = cursor.source
+        if isinstance(source, Unsaveable):
+            raise TypeError(f"state() cannot save this stream's position: {source.message}")
         state: dict[str, Any] = {
             "version": STATE_VERSION,
-            "batches": before + self._batches,
-            "source": self._source_state,
+            "batches": cursor.batches,
+            "source": source,
         }
-        pipeline = self._pipeline
-        if pipeline.padder is not None and pipeline.padder.full is not None:
-            state["batch_size"] = pipeline.padder.full
-        if pipeline.unconsumed is not None:
-            # Stop the producer between two reads: the iterator's state plus the batches it
-            # read ahead are then exactly "after the last delivered batch".
-            with pipeline.read_lock:
-                state["tf_iterator"] = save_tf_iterator(self._tf_iterator)
-                state["pending"] = encode_items(list(pipeline.unconsumed))
+        padder = self._padder
+        if padder is not None and padder.full is not None:
+            state["batch_size"] = padder.full
+        if self._log is not None:
+            wait = 0.0 if self._pipeline.closed.is_set() else float(timeout)
+            state.update(self._log.state(cursor.batches, wait))
         return state
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -440,6 +475,7 @@ class Stream(Iterator[T], Generic[T]):
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        self._inflight.clear()
         self._finalizer()
 
     def __enter__(self) -> Stream[T]:
@@ -459,37 +495,29 @@ class Stream(Iterator[T], Generic[T]):
 
     @property
     def stats(self) -> StreamStats:
-        ring = self._pipeline.ring
-        # direct uses the core's slots only for narrowed leaves; its stats say how many.
-        slot_backend = self._backend in ("ring", "numpy") or (
-            self._backend == "direct" and getattr(self._pipeline.converter, "slots", None)
-        )
-        ring_stats: dict[str, Any] = {}
-        if slot_backend:
-            ring_stats = self._pipeline.final_ring_stats or ring.stats()
-        acquire_wait = getattr(self._pipeline.converter, "acquire_seconds", 0.0)
-        slots = ring_stats.get("slots", 0)
-        pool_bytes = ring_stats.get("pool_bytes", 0)
-        copied = ring_stats.get("bytes_copied", 0)
-        if self._backend == "copy":
-            copied = self._bytes
+        return self._stats(self._pipeline.cursor.batches)
+
+    def _stats(self, delivered: int) -> StreamStats:
+        backend = self._backend_impl
+        pool = backend.pool_stats()
+        slots = pool.get("slots", 0)
+        pool_bytes = pool.get("pool_bytes", 0)
+        copied = self._bytes if backend.consumer_copies() else pool.get("bytes_copied", 0)
+        pipeline = self._pipeline
         return StreamStats(
             backend=self._backend,
-            batches=self._batches,
+            batches=delivered - self._first,
             bytes=self._bytes,
             wait_seconds=self._wait,
             producer_busy_seconds=max(
-                0.0, self._pipeline.source_seconds + self._pipeline.convert_seconds - acquire_wait
+                0.0, pipeline.source_seconds + pipeline.convert_seconds - backend.acquire_seconds
             ),
             bytes_copied=copied,
             pinned=pool_bytes > 0
-            and (
-                ring_stats.get("locked_bytes", 0) >= pool_bytes
-                or ring_stats.get("cuda_slots", 0) >= slots
-            ),
+            and (pool.get("locked_bytes", 0) >= pool_bytes or pool.get("cuda_slots", 0) >= slots),
             slots=slots,
             pool_bytes=pool_bytes,
-            pool_grown=ring_stats.get("pool_grown", 0),
+            pool_grown=pool.get("pool_grown", 0),
             elapsed_seconds=time.perf_counter() - self._started,
         )
 
@@ -502,22 +530,70 @@ class Stream(Iterator[T], Generic[T]):
         return f"<fastbridge.Stream backend={self._backend!r} device={self._device} {state}>"
 
 
-def _check_int(name: str, value: Any, *, minimum: int, optional: bool = False) -> None:
+def _check_int(name: str, value: Any, low: int, high: int, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an int >= {minimum}" + (" or None" if optional else "")
+    allowed = f"an int from {low} to {high}" + (" or None" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    if not low <= value <= high:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_source(source: Any) -> None:
+    if isinstance(source, Mapping):
+        raise TypeError(
+            f"source is a {type(source).__name__}: iterating a mapping yields its keys, not "
+            "batches. To stream batches from arrays, make a dataset of them, e.g. "
+            "fastbridge.from_numpy(arrays).batch(256), or pass a list of batch dicts"
+        )
+    if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+        raise TypeError(
+            f"source must be a tf.data.Dataset or an iterable of NumPy pytrees, "
+            f"got {type(source).__name__}"
+        )
 
 
 def _known_length(source: Any, tf_source: bool) -> int | None:
     if tf_source:
-        n = int(source.cardinality())
-        return n if n >= 0 else None
+        return cardinality(source)
     try:
         return len(source)
     except TypeError:
         return None
+
+
+def _check_state_fits(saved: SavedState, source: Any, tf_source: bool, limit: int | None) -> None:
+    """Refuse a state that cannot belong to this source, before anything is read."""
+    if tf_source and saved.source is not None:
+        raise ValueError(
+            "state['source'] holds a source iterator's own state (a Grain-style source), but "
+            "this source is a tf.data.Dataset"
+        )
+    if not tf_source and saved.tf_iterator is not None:
+        raise ValueError(
+            "state['tf_iterator'] holds a tf.data iterator state, but this source is not a "
+            "tf.data.Dataset"
+        )
+    total = limit if limit is not None else _known_length(source, tf_source)
+    if total is not None and saved.batches > total:
+        raise ValueError(
+            f"state['batches'] = {saved.batches}, but this source has {total} batches: the "
+            "state was saved from another source"
+        )
+
+
+def _template(source: Any, tf_source: bool, numpy_items: bool) -> Any:
+    """A function giving the source's first batch: the shape of padding for a process that
+    has no batch of its own to take it from (see ``_multihost``)."""
+
+    def first() -> Any:
+        if tf_source:
+            one = source.take(1)
+            return next(iter(one.as_numpy_iterator() if numpy_items else one), None)
+        return next(iter(source), None)
+
+    return first
 
 
 def stream(

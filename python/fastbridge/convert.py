@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from ._leaves import _is_opaque, _is_string_array, as_array, path_name
+from ._leaves import _is_opaque, _is_string_array, as_array, astype_checked, path_name
+from ._tfdata import FROM_NUMPY_OP
 from .errors import (
     ConversionError,
     LeafOverflowError,
@@ -829,7 +830,7 @@ def from_numpy(
         return [_encode(np.asarray(a[idx])) for a in leaves]
 
     def fetch(idx: Any) -> Any:
-        outs = tf.numpy_function(gather, [idx], tf_dtypes, stateful=False, name="from_numpy")
+        outs = tf.numpy_function(gather, [idx], tf_dtypes, stateful=False, name=FROM_NUMPY_OP)
         lead = batch_size if (batch_size is not None and drop_remainder) else None
         for out, arr in zip(outs, leaves, strict=True):
             out.set_shape((lead, *arr.shape[1:]))
@@ -978,7 +979,14 @@ def map_numpy(
                         f"map_numpy: {fn_name} returned {arr.dtype} for output {name}, which "
                         f"cannot be cast to the signature's {np.dtype(want)}"
                     )
-                arr = arr.astype(want)
+                # The same checked conversion as stream(): a value never wraps or overflows.
+                arr = astype_checked(
+                    arr,
+                    want,
+                    name,
+                    f"map_numpy: {fn_name} returned {arr.dtype} and output_signature says "
+                    f"{np.dtype(want)}); return that dtype, or widen the signature",
+                )
             if not spec.shape.is_compatible_with(arr.shape):
                 raise ValueError(
                     f"map_numpy: {fn_name} returned shape {arr.shape} for output {name}, but "

@@ -27,6 +27,10 @@ class PoolExhaustedError(FastbridgeError, MemoryError):
     """
 
 
+class StateTimeoutError(FastbridgeError, TimeoutError):
+    """``Stream.state()`` could not save the position within its ``timeout``."""
+
+
 class SourceError(FastbridgeError):
     """The source (the dataset or iterable) raised; the original exception is ``__cause__``.
 
@@ -76,13 +80,21 @@ class MemmapPathError(FastbridgeError, OSError):
     non-empty directory that was not written by ``to_numpy``)."""
 
 
+class FastbridgeWarning(UserWarning):
+    """Something will work, but not as well as a user would assume: e.g. ``checkpoint=True``
+    on a pipeline that tf.data cannot restore exactly. Filter it with ``warnings`` like any
+    other warning."""
+
+
 __all__ = [
     "ConversionError",
     "FastbridgeError",
+    "FastbridgeWarning",
     "LeafOverflowError",
     "MemmapPathError",
     "PoolExhaustedError",
     "SourceError",
+    "StateTimeoutError",
     "StreamClosedError",
     "StructureChangedError",
     "UnsupportedLeafError",

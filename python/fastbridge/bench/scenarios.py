@@ -365,7 +365,7 @@ def copy_rates(nbytes: int, threads: int, repeats: int, copies: int) -> dict[str
         from .. import _core
 
         ways["copy_into"] = lambda: _core.copy_into(dest, 0, source, 0, threads)
-        ring = _core.Ring(prefetch=1, slots=2, copy_threads=threads)
+        ring = _core.SlotPool(slots=2, copy_threads=threads)
         work = [(source, 0, 0)]
 
         def fill() -> None:

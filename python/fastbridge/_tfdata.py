@@ -1,0 +1,196 @@
+"""What fastbridge needs to know about a ``tf.data`` pipeline, in one place.
+
+TensorFlow is optional: nothing here imports it unless the caller already has (a source can
+only be a ``tf.data.Dataset`` once TensorFlow is imported).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import re
+import sys
+from typing import Any
+
+
+def tf_module() -> Any:
+    """The imported ``tensorflow`` module, or ``None`` when nobody imported it."""
+    return sys.modules.get("tensorflow")
+
+
+def is_dataset(source: Any) -> bool:
+    tf = tf_module()
+    return tf is not None and isinstance(source, tf.data.Dataset)
+
+
+def cardinality(ds: Any) -> int | None:
+    """The number of elements, or ``None`` when tf.data does not know it (or it is infinite)."""
+    n = int(ds.cardinality())
+    return n if n >= 0 else None
+
+
+def _resource(iterator: Any) -> Any:
+    # as_numpy_iterator() wraps the dataset iterator that owns the state.
+    return getattr(iterator, "_iterator", iterator)._iterator_resource
+
+
+def save_iterator(iterator: Any) -> str:
+    """The iterator's state as base64 text (what ``tf.train.Checkpoint`` would store)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import gen_dataset_ops
+
+    try:
+        variant = gen_dataset_ops.serialize_iterator(_resource(iterator))
+    except tf.errors.OpError as error:
+        raise ValueError(
+            "checkpoint=True could not save this tf.data pipeline's iterator state (it has "
+            f"state tf.data cannot save, such as a py_function): {error.message}; stream it "
+            "with checkpoint=False to resume by replaying instead"
+        ) from None
+    return base64.b64encode(tf.io.serialize_tensor(variant).numpy()).decode("ascii")
+
+
+def load_iterator(iterator: Any, saved: str) -> None:
+    """Restore ``save_iterator``'s text into a fresh iterator of the same dataset. A state that
+    is not one, or that another pipeline saved, raises ``ValueError`` naming the field."""
+    import tensorflow as tf
+    from tensorflow.python.ops import gen_dataset_ops
+
+    try:
+        raw = base64.b64decode(saved.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("state['tf_iterator'] is not base64 text") from None
+    try:
+        variant = tf.io.parse_tensor(raw, out_type=tf.variant)
+    except (tf.errors.OpError, ValueError) as error:
+        raise ValueError(
+            f"state['tf_iterator'] is not a saved tf.data iterator state ({_reason(error)})"
+        ) from None
+    try:
+        gen_dataset_ops.deserialize_iterator(_resource(iterator), variant)
+    except (tf.errors.OpError, ValueError) as error:
+        raise ValueError(
+            "state['tf_iterator'] does not fit this dataset: it was saved from another "
+            f"pipeline ({_reason(error)})"
+        ) from None
+
+
+def _reason(error: Exception) -> str:
+    """TensorFlow's message without its op-location prefix, on one line."""
+    message = str(getattr(error, "message", error))
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", message).strip()
+    line = message.splitlines()[0] if message else type(error).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+# -- what a pipeline does, read from its Python objects ----------------------------------------
+# Op names as TensorFlow 2.21 writes them. The Python dataset objects are walked rather than
+# ``ds._as_serialized_graph()``, which serializes every embedded constant (half a second for a
+# ``from_tensor_slices`` of 128 MiB); function bodies are read as GraphDefs.
+
+_PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+FROM_NUMPY_OP = "fastbridge_from_numpy"
+"""Name of ``from_numpy``'s gather op: it returns fresh arrays (a fancy-indexed gather), so,
+unlike what other Python functions return, its output may be aliased."""
+_GENERATOR_OPS = frozenset({"GeneratorDataset"})
+# Random ops whose state a saved iterator does not hold (tf.data drops it with a log warning).
+_STATEFUL_RANDOM_OPS = frozenset(
+    {
+        "RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal",
+        "Multinomial", "RandomShuffle", "RandomGamma", "RandomPoisson", "RandomPoissonV2",
+        "ParameterizedTruncatedNormal", "RngReadAndSkip", "RngSkip", "StatefulUniform",
+        "StatefulUniformInt", "StatefulUniformFullInt", "StatefulStandardNormal",
+        "StatefulStandardNormalV2", "StatefulTruncatedNormal", "StatefulRandomBinomial",
+    }
+)  # fmt: skip
+_SEEDED_CLASSES = frozenset({"_ShuffleDataset", "_ShuffleAndRepeatDataset", "_RandomDataset"})
+_REPEAT_CLASSES = frozenset({"_RepeatDataset", "RepeatDataset"})
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineFacts:
+    """What a ``tf.data`` pipeline does that changes how fastbridge may handle it."""
+
+    python_ops: tuple[str, ...]
+    """Python-function ops (``from_generator``, ``py_function``, ``numpy_function``)."""
+    generator: bool
+    """A ``from_generator`` dataset: tf.data cannot save its iterator state at all."""
+    reshuffles_unseeded: bool
+    """An unseeded shuffle (or random dataset) that runs again with new seeds after a restore:
+    under a ``repeat`` or inside an ``interleave``/``flat_map`` body."""
+    stateful_random: tuple[str, ...]
+    """Stateful random ops (``tf.random.uniform``...) whose state a saved iterator drops."""
+
+    @property
+    def runs_python(self) -> bool:
+        return bool(self.python_ops) or self.generator
+
+
+def pipeline_facts(ds: Any) -> PipelineFacts:
+    python: set[str] = set()
+    stateful: set[str] = set()
+    found = {"generator": False, "reshuffles": False}
+    seen: set[int] = set()
+
+    def scan_functions(dataset: Any) -> None:
+        for function in dataset._functions():
+            try:
+                graph = function.function.graph.as_graph_def()
+            except Exception:  # cannot look inside: assume the worst about Python code
+                python.add("<unreadable function>")
+                continue
+            bodies = [graph.node, *(f.node_def for f in graph.library.function)]
+            for nodes in bodies:
+                for node in nodes:
+                    if node.op in _PYTHON_OPS and not node.name.startswith(FROM_NUMPY_OP):
+                        python.add(node.op)
+                    elif node.op in _GENERATOR_OPS:
+                        found["generator"] = True
+                    elif node.op in _STATEFUL_RANDOM_OPS:
+                        stateful.add(node.op)
+                    elif node.op.startswith(("ShuffleDataset", "RandomDataset")):
+                        # A dataset built inside a function body (interleave, flat_map) is
+                        # made again for every input element, with fresh seeds if unseeded.
+                        found["reshuffles"] = found["reshuffles"] or _unseeded_node(node, nodes)
+
+    def visit(dataset: Any, under_repeat: bool) -> None:
+        if id(dataset) in seen:
+            return
+        seen.add(id(dataset))
+        kind = type(dataset).__name__
+        if kind in _SEEDED_CLASSES and _unseeded(dataset):
+            again = under_repeat or kind == "_ShuffleAndRepeatDataset"
+            found["reshuffles"] = found["reshuffles"] or again
+        scan_functions(dataset)
+        for parent in dataset._inputs():
+            visit(parent, under_repeat or kind in _REPEAT_CLASSES)
+
+    visit(ds, False)
+    return PipelineFacts(
+        tuple(sorted(python)), found["generator"], found["reshuffles"], tuple(sorted(stateful))
+    )
+
+
+def _unseeded(dataset: Any) -> bool:
+    tf = tf_module()
+    try:
+        seeds = [int(tf.get_static_value(getattr(dataset, name))) for name in ("_seed", "_seed2")]
+    except Exception:
+        return True  # seeds hidden in a resource: cannot tell, assume unseeded
+    return seeds == [0, 0]
+
+
+def _unseeded_node(node: Any, nodes: Any) -> bool:
+    # ShuffleDatasetV3(input, buffer_size, seed, seed2, ...); RandomDataset(seed, seed2, ...).
+    first = 2 if node.op.startswith("Shuffle") else 0
+    inputs = [name.split(":")[0] for name in node.input if not name.startswith("^")]
+    by_name = {n.name: n for n in nodes}
+    tf = tf_module()
+    values = []
+    for name in inputs[first : first + 2]:
+        source = by_name.get(name)
+        if source is None or source.op != "Const":
+            return True
+        values.append(int(tf.make_ndarray(source.attr["value"].tensor)))
+    return values == [0, 0]
