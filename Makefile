@@ -36,13 +36,15 @@ test-rust: setup  ## cargo test, clippy, fmt, and the loom model check of the po
 	cargo test --quiet
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --quiet --test loom_pool
 
-soak:  ## the long soak: 100,000 batches through the ring
+soak: wheel  ## the long runs: 100,000 batches through the ring, and the exactly-once model at 200 examples
 	cd tests && FASTBRIDGE_SOAK=1 $(abspath $(PY)) -m pytest -q -p no:cacheprovider test_reliability.py -k soak
+	cd tests && FASTBRIDGE_MODEL_EXAMPLES=200 FASTBRIDGE_HYPOTHESIS_RANDOM=1 $(abspath $(PY)) -m pytest -q \
+		-p no:cacheprovider test_exactly_once.py -k every_batch
 
 lint: setup  ## ruff, and the type stubs checked against the built extension
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
-	cd /tmp && $(abspath $(PY)) -m mypy.stubtest fastbridge._core --ignore-missing-stub
+	cd /tmp && $(abspath $(PY)) -m mypy.stubtest fastbridge._core
 
 test-python: wheel  ## pytest against the installed wheel (not the source tree)
 	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY)) -m pytest -q -p no:cacheprovider \

@@ -18,7 +18,7 @@ import tensorflow as tf
 from conftest import wait_until
 from fastbridge import stream
 
-BACKENDS = ["ring", "numpy", "direct"]  # copy reads nothing ahead: its states hold no batches
+BACKENDS = ["ring", "numpy", "direct", "copy"]
 
 # Binary data, as tf.string often holds (encoded images, protos): empty strings, NUL bytes
 # inside and at the end, which fixed-width NumPy bytes would drop.

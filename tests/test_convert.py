@@ -449,6 +449,28 @@ def test_map_numpy_checks_outputs_against_the_signature():
         as_list(map_numpy(ds, lambda n: (n, n), output_signature=sig))
 
 
+@pytest.mark.parametrize(
+    ("value", "dtype", "shown"),
+    [
+        (np.int64(2**40), tf.int32, "1099511627776"),
+        (np.int64(300), tf.int8, "300"),
+        (np.int64(70000), tf.int16, "70000"),
+        (np.float64(1e10), tf.float16, "10000000000.0"),
+    ],
+)
+def test_map_numpy_never_wraps_or_overflows(value, dtype, shown):
+    """map_numpy used to wrap silently (2**40 into int32 gave 0, 300 into int8 gave 44) and
+    turn 1e10 into inf for float16; it now uses stream()'s checked conversion."""
+    sig = tf.TensorSpec((2,), dtype)
+    ds = map_numpy(tf.data.Dataset.range(1), lambda _: np.array([1, value]), output_signature=sig)
+    with pytest.raises(
+        tf.errors.OpError, match=rf"LeafOverflowError: leaf <root> has value {shown}"
+    ):
+        as_list(ds)
+    fits = map_numpy(tf.data.Dataset.range(1), lambda _: np.array([1, 2]), output_signature=sig)
+    assert as_list(fits)[0].tolist() == [1, 2]
+
+
 def test_map_numpy_bad_inputs():
     with pytest.raises(ConversionError, match="empty"):
         map_numpy(tf.data.Dataset.range(0), lambda x: x)

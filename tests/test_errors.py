@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 
 import fastbridge
 import jax
@@ -223,3 +224,101 @@ def test_large_int64_leaves_are_narrowed_exactly_or_refused(backend):
         np.testing.assert_array_equal(np.asarray(first["big"]), good)
         with pytest.raises(LeafOverflowError, match=r"\['big'\] has value -1099511627776"):
             next(s)
+
+
+# -- state= from a corrupted or foreign file -----------------------------------------------------
+
+
+def _saved(ds, **options):
+    with stream(ds, checkpoint=True, prefetch=2, **options) as s:
+        next(s)
+        return json.loads(json.dumps(s.state()))
+
+
+@pytest.fixture(scope="module")
+def tf_states():
+    good = _saved(tf.data.Dataset.range(20))
+    foreign = _saved(tf.data.Dataset.range(20).map(lambda x: x * 2).batch(2))
+    return good, foreign
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda g, f: [], r"state must be a dict made by Stream\.state\(\), got list"),
+        (lambda g, f: {"batches": 1}, r"state\['version'\] must be one of \(1, 2\)"),
+        (lambda g, f: {**g, "version": 9}, r"state\['version'\] must be one of"),
+        (lambda g, f: {**g, "batches": True}, r"state\['batches'\] must be an int >= 0, got True"),
+        (lambda g, f: {**g, "batches": "3"}, r"state\['batches'\] must be an int >= 0, got '3'"),
+        (lambda g, f: {**g, "batches": -1}, r"state\['batches'\] must be an int >= 0"),
+        (
+            lambda g, f: {**g, "batches": 10**18},
+            r"state\['batches'\] = 1000000000000000000, but this source has 20 batches",
+        ),
+        (lambda g, f: {**g, "tf_iterator": "%%%"}, r"state\['tf_iterator'\] is not base64 text"),
+        (lambda g, f: {**g, "tf_iterator": 7}, r"state\['tf_iterator'\] must be base64 text"),
+        (
+            lambda g, f: {**g, "tf_iterator": "aGVsbG8="},
+            r"state\['tf_iterator'\] is not a saved tf\.data iterator state",
+        ),
+        (
+            lambda g, f: {**g, "tf_iterator": f["tf_iterator"]},
+            r"state\['tf_iterator'\] does not fit this dataset",
+        ),
+        (lambda g, f: {**g, "pending": [["xx"]]}, r"state\['pending'\]\[0\]\[0\]: not a base64"),
+        (lambda g, f: {**g, "pending": [["", ""]]}, r"state\['pending'\]\[0\] holds 2 leaves"),
+        (lambda g, f: {**g, "pending": "x"}, r"state\['pending'\] must be a list of batches"),
+        (lambda g, f: {**g, "skip": -1}, r"state\['skip'\] must be an int >= 0"),
+        (lambda g, f: {**g, "batch_size": 0}, r"state\['batch_size'\] must be an int >= 1"),
+        (lambda g, f: {**g, "kind": "tf"}, r"state has unknown field\(s\) 'kind'"),
+        (
+            lambda g, f: {"version": 2, "batches": 1, "source": {"i": 1}},
+            r"state\['source'\] holds a source iterator's own state",
+        ),
+        (
+            lambda g, f: {**g, "source": {"__fastbridge__": "bytes"}},
+            r"state\['source'\] is malformed",
+        ),
+    ],
+)
+def test_a_bad_state_raises_one_value_error_naming_the_field(tf_states, change, message):
+    """Corrupted or foreign states used to give raw binascii, TypeError or TensorFlow parse
+    errors; batches=True was taken as 1 and 10**18 silently replayed from batch 0."""
+    good, foreign = tf_states
+    state = change(good, foreign)
+    with pytest.raises(ValueError, match=message):
+        with stream(tf.data.Dataset.range(20), checkpoint=True, state=state) as s:
+            next(s)
+
+
+def test_a_tf_state_for_another_kind_of_source_is_refused(tf_states):
+    good, _ = tf_states
+    with pytest.raises(ValueError, match=r"state\['tf_iterator'\] .* this source is not a tf"):
+        stream([np.zeros(2)], state=good)
+    with pytest.raises(ValueError, match=r"state\['source'\] holds a source iterator's state"):
+        stream([np.zeros(2)], state={"version": 2, "batches": 0, "source": {"i": 0}})
+
+
+# -- sharding= that cannot lay a leaf out --------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_sharding_errors_name_the_leaf_and_what_would_work(backend):
+    """A scalar under P('data') and a batch not divisible by the device count used to fail
+    with JAX's own errors, which named neither the leaf nor the option."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    scalar = [{"x": np.zeros((8, 2), np.float32), "step": np.int32(3)}]
+    with stream(scalar, backend=backend, sharding=sharding) as s:
+        with pytest.raises(fastbridge.ShardingError, match=r"leaf \['step'\] has shape \(\)") as e:
+            next(s)
+    assert "PartitionSpec()" in str(e.value) and e.value.path == "['step']"
+    short = [{"x": np.zeros((6, 2), np.float32)}]
+    with stream(short, backend=backend, sharding=sharding) as s:
+        with pytest.raises(fastbridge.ShardingError, match=r"leaf \['x'\] has 6 rows") as e:
+            next(s)
+    assert "divisible by 8" in str(e.value) and "pad_last=True" in str(e.value)
+    # What the message suggests works: pad_last with a batch size the devices divide.
+    with stream(short, backend=backend, sharding=sharding, pad_last=True, batch_size=8) as s:
+        batch, mask = next(s)
+        assert batch["x"].shape == (8, 2) and np.asarray(mask).sum() == 6

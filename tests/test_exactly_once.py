@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -27,7 +29,7 @@ import fastbridge
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ALL_BACKENDS
+from conftest import ALL_BACKENDS, wait_until
 from fastbridge import SourceError, stream
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -352,7 +354,7 @@ class ExactlyOnce(RuleBasedStateMachine):
             self.interrupter.restore()
 
 
-EXAMPLES = int(os.environ.get("FASTBRIDGE_MODEL_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("FASTBRIDGE_MODEL_EXAMPLES", "25"))
 MODEL_SETTINGS = settings(
     max_examples=EXAMPLES,
     stateful_step_count=25,
@@ -369,6 +371,7 @@ def _machine(kind: str):
     return machine.TestCase
 
 
+@pytest.mark.timeout(900)  # a hang is a failure too (the code before the fix hung here)
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_batch_exactly_once(kind):
     case = _machine(kind)
@@ -394,3 +397,295 @@ def test_the_model_catches_a_lost_batch(monkeypatch):
     )
     with pytest.raises(AssertionError, match=r"position|ended early"):
         case("runTest").runTest()
+
+
+# -- regressions: each failed before its fix -----------------------------------------------------
+
+
+def _ints(batches) -> list[int]:
+    return [int(np.asarray(b)) for b in batches]
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("second", [dict(prefetch=1), dict(backend="copy"), dict(prefetch=4)])
+def test_read_ahead_batches_survive_a_second_resume(backend, second):
+    """A state saved right after resuming used to lose the batches still pending from the
+    first state: C yielded [1, 2, 6, 7, ...], batches 3-5 were gone."""
+    ds = tf.data.Dataset.range(20)
+    with stream(ds, backend=backend, prefetch=4, checkpoint=True) as a:
+        got = _ints([next(a)])
+        assert wait_until(lambda: len(a.state()["pending"]) >= 3), "A read nothing ahead"
+        state_a = json.loads(json.dumps(a.state()))
+    options = {"backend": backend, "prefetch": 4, **second}
+    with stream(ds, checkpoint=True, state=state_a, **options) as b:
+        state_b = json.loads(json.dumps(b.state()))  # before taking anything
+    with stream(ds, backend=backend, checkpoint=True, state=state_b) as c:
+        got += _ints(c)
+    assert got == list(range(20))
+
+
+def _slow_numbers(n: int, delay: float = 0.002):
+    for i in range(n):
+        time.sleep(delay)
+        yield np.array([i], np.int64)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_ctrl_c_while_next_waits_loses_and_repeats_nothing(backend):
+    """A KeyboardInterrupt that arrives while next() waits used to be raised after the batch
+    had left the queue: a user who caught it never saw that batch (copy lost every batch)."""
+    interrupter = Interrupter()
+    main = threading.main_thread().ident
+    got, interrupts = [], 0
+    try:
+        with stream(_slow_numbers(60), backend=backend, prefetch=2) as s:
+            interrupted = False
+            while True:
+                # After an interrupt, one attempt without one: a next() slower than the
+                # timer (copy's first jnp.array compiles) must still make progress.
+                delay = 3600.0 if interrupted else 0.001
+                timer = threading.Timer(delay, signal.pthread_kill, (main, signal.SIGINT))
+                timer.start()
+                interrupter.armed = True
+                ended = interrupted = False
+                try:
+                    for batch in s:
+                        got += (batch,)
+                        break
+                    else:
+                        ended = True
+                except KeyboardInterrupt:
+                    interrupts += 1
+                    interrupted = True
+                interrupter.armed = False
+                timer.cancel()
+                timer.join()
+                if ended:
+                    break
+    finally:
+        interrupter.armed = False
+        interrupter.restore()
+    assert interrupts > 0, "no interrupt landed: the test proves nothing"
+    assert [int(np.asarray(b)[0]) for b in got] == list(range(60))
+
+
+class LiveStateIterator:
+    """get_state() returns the iterator's own dict, which it goes on mutating."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.state = n, {"i": 0}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.state["i"] >= self.n:
+            raise StopIteration
+        self.state["i"] += 1
+        return np.array([self.state["i"] - 1])
+
+    def get_state(self):
+        return self.state
+
+    def set_state(self, state):
+        self.state = dict(state)
+
+
+class LiveStateSource:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self):
+        return LiveStateIterator(self.n)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_live_get_state_dict_is_snapshotted_per_batch(backend):
+    """The producer stored the live dict: delivered [0, 1, 2], state said 8, the resume
+    yielded [8, 9, 10]."""
+    with stream(LiveStateSource(20), backend=backend, prefetch=4) as s:
+        got = [int(np.asarray(next(s))[0]) for _ in range(3)]
+        assert wait_until(lambda: s._pipeline.backend.queue.__len__() >= 2)
+        state = json.loads(json.dumps(s.state()))
+    assert state["source"] == {"i": 3}, state
+    with stream(LiveStateSource(20), backend=backend, state=state) as s:
+        got += [int(np.asarray(b)[0]) for b in s]
+    assert got == list(range(20))
+
+
+def _failing_once(at: int):
+    failed = []
+
+    def check(x):
+        if int(x) == at and not failed:
+            failed.append(True)
+            raise OSError("transient read error")
+        return x
+
+    return tf.data.Dataset.range(8).map(lambda x: tf.py_function(check, [x], tf.int64))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_a_transient_source_error_is_re_read_on_resume(backend, checkpoint):
+    """With checkpoint=True the state after a SourceError used to skip the failed batch
+    ([0, 1, 2], error at 3, resume gave [4, 5, ...])."""
+    ds = _failing_once(3)
+    got = []
+    with stream(ds, backend=backend, checkpoint=checkpoint, prefetch=2) as s:
+        with pytest.raises(SourceError, match="at batch 3"):
+            for b in s:
+                got.append(int(np.asarray(b)))
+        state = json.loads(json.dumps(s.state()))
+    assert got == [0, 1, 2]
+    with stream(ds, backend=backend, checkpoint=checkpoint, state=state) as s:
+        got += _ints(s)
+    assert got == list(range(8))
+
+
+def test_state_is_json_whatever_the_source_state_holds():
+    """A source whose get_state() returns bytes (as Grain's DataLoader does), tuples, NumPy
+    values or non-finite floats: state() is JSON, and the resume gets the same values back."""
+    odd = {
+        "blob": b"\x00{\xff}",
+        "pair": (1, (2.5, "x")),
+        "array": np.arange(3),
+        "nan": float("nan"),
+    }
+
+    class Odd(LiveStateIterator):
+        def get_state(self):
+            return {**odd, "i": self.state["i"]}
+
+        def set_state(self, state):
+            assert state["blob"] == odd["blob"] and state["pair"] == odd["pair"]
+            assert isinstance(state["array"], np.ndarray) and state["array"].tolist() == [0, 1, 2]
+            assert np.isnan(state["nan"])
+            self.state = {"i": state["i"]}
+
+    class OddSource:
+        def __iter__(self):
+            return Odd(10)
+
+    with stream(OddSource(), backend="numpy") as s:
+        got = [int(next(s)[0]) for _ in range(4)]
+        state = json.loads(json.dumps(s.state(), allow_nan=False))
+    with stream(OddSource(), backend="numpy", state=state) as s:
+        got += [int(b[0]) for b in s]
+    assert got == list(range(10))
+
+
+def test_a_source_state_json_cannot_hold_is_refused_by_state_naming_the_type():
+    class Opaque(LiveStateIterator):
+        def get_state(self):
+            return {"i": self.state["i"], "handle": object()}
+
+    class OpaqueSource:
+        def __iter__(self):
+            return Opaque(5)
+
+    with stream(OpaqueSource(), backend="numpy") as s:
+        next(s)
+        with pytest.raises(TypeError, match=r"\['handle'\] holds a builtins\.object"):
+            s.state()
+
+
+def test_grain_dataloader_states_resume_exactly():
+    """Grain's DataLoader iterator returns bytes from get_state(); the stream's state is JSON
+    all the same (json.dumps used to fail), and the resume continues where it stopped."""
+    grain = pytest.importorskip("grain")
+
+    def loader():
+        return grain.DataLoader(
+            data_source=grain.sources.RangeDataSource(0, 24, 1),
+            sampler=grain.samplers.IndexSampler(24, shuffle=True, seed=3, num_epochs=1),
+            operations=[grain.transforms.Batch(batch_size=4)],
+            worker_count=0,
+        )
+
+    full = [np.asarray(b).tolist() for b in stream(loader(), backend="numpy")]
+    with stream(loader(), backend="ring", prefetch=3) as s:
+        got = [np.asarray(next(s)).tolist() for _ in range(2)]
+        state = json.loads(json.dumps(s.state()))
+    with stream(loader(), backend="direct", state=state) as s:
+        got += [np.asarray(b).tolist() for b in s]
+    assert got == full and sorted(r for b in full for r in b) == list(range(24))
+
+
+@pytest.mark.parametrize("backend", ["ring", "numpy", "direct", "copy"])
+def test_state_returns_while_the_producer_is_stuck_in_a_read(backend):
+    """state() used to block for as long as the source's read took (10 s and counting), even
+    after close(). Now it returns while the read is still stuck, and its state resumes
+    exactly (from the iterator state saved before the first read)."""
+    release = threading.Event()
+
+    def stall(x):
+        if int(x) == 4:
+            release.wait(60)
+        return x
+
+    ds = tf.data.Dataset.range(8).map(lambda x: tf.py_function(stall, [x], tf.int64))
+    s = stream(ds, backend=backend, checkpoint=True, prefetch=2)
+    try:
+        got = _ints([next(s), next(s)])
+        assert wait_until(lambda: len(s._pipeline.backend.queue) == 2, timeout=10)
+        state = s.state(timeout=0.2)  # the producer is stuck reading batch 4
+        assert not release.is_set()
+        s.close()
+        after_close = s.state()  # no waiting at all once closed
+        assert not release.is_set(), "state() waited for the stuck read"
+    finally:
+        release.set()
+        s.close()
+    assert after_close == state
+    for saved in (state, after_close):
+        with stream(ds, backend=backend, checkpoint=True, state=json.loads(json.dumps(saved))) as r:
+            assert got + _ints(r) == list(range(8))
+
+
+@pytest.mark.parametrize("backend", ["ring", "numpy"])
+def test_max_pool_bytes_reclaims_free_slots_before_refusing(backend):
+    """Batches that grow while nothing is held used to raise PoolExhaustedError claiming the
+    memory was held by batches (it was in free slots)."""
+    sizes = [4096, 4096, 4096, 8192, 16384, 32768, 65536]
+    data = [np.zeros(n // 4, np.float32) for n in sizes]
+    with stream(data, backend=backend, prefetch=1, slots=3, max_pool_bytes=3 * 65536) as s:
+        for batch in s:
+            del batch
+    # Held memory is still refused, with a message that says so.
+    with stream(data * 3, backend=backend, prefetch=1, slots=1, max_pool_bytes=2 * 65536) as s:
+        with pytest.raises(fastbridge.PoolExhaustedError, match="slots that batches still"):
+            list(s)
+
+
+def test_exit_with_many_streams_stuck_in_their_source_is_quick():
+    """Each stream waited up to a second for its stuck producer at exit: 20 streams, 21 s."""
+    script = """
+import threading, numpy as np
+from fastbridge import stream
+stuck = threading.Event()
+def source():
+    yield np.zeros(2)
+    stuck.wait()
+streams = [stream(source(), backend=b) for b in ["ring", "numpy", "direct", "copy"] * 5]
+for s in streams:
+    next(s)
+print("ready", flush=True)
+"""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ready" in out.stdout, out.stderr[-2000:]
+    # One bounded wait for all of them (about a second), not one per stream (20 s).
+    assert time.monotonic() - started < 15, "exit waited for each stuck stream in turn"
+
+
+@pytest.mark.parametrize("batches", [2**31, 2**32 + 3, 2**40])
+def test_a_replay_past_the_end_of_a_dataset_of_unknown_length_yields_nothing(batches):
+    """tf.data's skip truncates its count to 32 bits: a state at 2**32 + 3 batches resumed at
+    batch 3, and one at 2**31 or 10**18 replayed from batch 0."""
+    ds = tf.data.Dataset.range(20).filter(lambda x: True)  # cardinality unknown
+    state = {"version": 2, "batches": batches, "source": None}
+    with stream(ds, backend="ring", state=state) as s:
+        assert list(s) == []
+    with pytest.raises(ValueError, match=r"state\['batches'\] = 1000000000000000000 cannot be"):
+        stream(ds, state={**state, "batches": 10**18})

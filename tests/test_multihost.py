@@ -56,6 +56,24 @@ WORKER = textwrap.dedent(
                     row["mask"] = multihost_utils.process_allgather(mask, tiled=True).tolist()
                 out.append(row)
         results[f"{backend}-{pad}"] = out
+    # Resumed past process 1's last real batch: it has no batch of its own to take the
+    # padding's shape from, and must still yield as many batches as process 0 (it used to
+    # end at once, and process 0 then waited forever in its next collective).
+    for backend in ("ring", "copy"):
+        with stream(ds, backend=backend, sharding=sharding, pad_last=True) as batches:
+            for _ in range(4):
+                next(batches)
+            saved = json.loads(json.dumps(batches.state()))
+        out = []
+        with stream(ds, backend=backend, sharding=sharding, pad_last=True, state=saved) as b:
+            for batch, mask in b:
+                row = {
+                    key: multihost_utils.process_allgather(batch[key], tiled=True).tolist()
+                    for key in ("x", "i")
+                }
+                row["mask"] = multihost_utils.process_allgather(mask, tiled=True).tolist()
+                out.append(row)
+        results[f"resume-{backend}"] = out
     print("RESULT", json.dumps(results), flush=True)
     """
 )
@@ -119,6 +137,13 @@ def test_global_batches_equal_the_global_data(results, case):
         got = process_result[case]
         assert len(got) == len(want), "both processes yield the same number of batches"
         assert got == want
+
+
+@pytest.mark.parametrize("backend", ["ring", "copy"])
+def test_a_resume_past_a_process_last_batch_pads_and_keeps_processes_in_step(results, backend):
+    want = _expected(True)[4:]  # the fifth batch: process 0's last rows, process 1 all padding
+    for process_result in results:
+        assert process_result[f"resume-{backend}"] == want
 
 
 class _Counter:

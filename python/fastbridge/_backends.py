@@ -9,6 +9,7 @@ the consumer-side baseline, so JAX's per-leaf import cost never lands on the con
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import time
 from typing import Any
@@ -33,6 +34,7 @@ from ._leaves import (
     overflow_error,
 )
 from ._multihost import global_shape
+from .errors import ShardingError
 
 LEAF_ALIGN = 64
 
@@ -52,6 +54,16 @@ class Placement:
     def __init__(self, device: jax.Device, sharding: jax.sharding.Sharding | None) -> None:
         self.device = device
         self.sharding = sharding
+
+    def check(self, path: str, local_shape: tuple[int, ...]) -> None:
+        """Raise ``ShardingError`` naming the leaf when the sharding cannot lay it out."""
+        if self.sharding is None:
+            return
+        full = self.global_shape(local_shape)
+        try:
+            self.sharding.shard_shape(full)
+        except Exception as error:
+            raise _sharding_error(self.sharding, path, full, error) from None
 
     def global_shape(self, local_shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.sharding is None:
@@ -98,6 +110,40 @@ class Placement:
             ]
         target = self.sharding if self.sharding is not None else self.device
         return jax.device_put(arrays, target)  # type: ignore[no-any-return]
+
+
+def _sharding_error(
+    sharding: jax.sharding.Sharding, path: str, shape: tuple[int, ...], error: Exception
+) -> ShardingError:
+    spec = getattr(sharding, "spec", None)
+    mesh = getattr(sharding, "mesh", None)
+    if spec is None or mesh is None:  # not a NamedSharding: JAX's own words
+        return ShardingError(f"leaf {path} of shape {shape} does not fit sharding=: {error}", path)
+    parts = []
+    for entry in spec:
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        parts.append((names, math.prod(mesh.shape[n] for n in names)))
+    split = [i for i, (_, n) in enumerate(parts) if n > 1]
+    if split and len(shape) <= max(split):
+        return ShardingError(
+            f"leaf {path} has shape {shape}, but sharding={spec} splits axis {max(split)} over "
+            f"{parts[max(split)][1]} devices: a leaf it splits needs that axis. Give the leaf "
+            "a batch axis (e.g. repeat a per-batch scalar for every row), or pass a sharding "
+            "that replicates it (PartitionSpec())",
+            path,
+        )
+    for axis, (names, n) in enumerate(parts):
+        if axis < len(shape) and shape[axis] % n:
+            what = "rows" if axis == 0 else f"entries along axis {axis}"
+            return ShardingError(
+                f"leaf {path} has {shape[axis]} {what}, which sharding={spec} splits into {n} "
+                f"parts ({', '.join(map(repr, names))}): use a batch size divisible by {n}, or "
+                f"pad_last=True with batch_size= a multiple of {n} (a short last batch is then "
+                "padded, and the mask marks the padding)",
+                path,
+            )
+    message = f"leaf {path} of shape {shape} does not fit sharding={spec}: {error}"
+    return ShardingError(message, path)
 
 
 class SlotConverter:
@@ -152,6 +198,7 @@ class SlotConverter:
         end = 0
         fallback: set[int] = set()
         for i, (spec, leaf) in enumerate(zip(specs, leaves, strict=True)):
+            self.placement.check(spec.path, leaf.shape)
             blocks = self.placement.row_blocks(leaf.shape)
             if not blocks:
                 fallback.add(i)
@@ -248,6 +295,8 @@ class DirectConverter:
         """Put each ``(position, leaf, spec)`` into ``out[position]`` as a ``jax.Array``: the
         narrowed ones through a slot (or new memory), the rest without a copy where JAX can."""
         positions = [i for i, _, _ in leaves]
+        for _, leaf, spec in leaves:
+            self.placement.check(spec.path, tuple(leaf.shape))
         narrowed = [entry for entry in leaves if entry[2].conversion not in (COPY, CAST)]
         if narrowed and self.narrowing is not None:
             arrays, _ = self.narrowing.write(
@@ -343,6 +392,7 @@ class CopyConverter:
             if spec.passthrough:
                 out.append(leaf)
                 continue
+            self.placement.check(spec.path, leaf.shape)
             array = jnp.array(checked_narrow(leaf, spec), device=self.placement.device)
             if self.placement.sharding is not None:
                 (array,) = self.placement.place([array])

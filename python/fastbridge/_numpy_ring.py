@@ -143,7 +143,11 @@ class NumpyQueue:
         if not 1 <= capacity <= MAX_QUEUE_CAPACITY:
             raise ValueError(f"capacity must be between 1 and {MAX_QUEUE_CAPACITY}, got {capacity}")
         self._capacity = capacity
-        self._cond = threading.Condition(threading.RLock())
+        # Enter the RLock, never the Condition: Condition.__enter__ is Python code, and a
+        # KeyboardInterrupt raised in it after the lock was taken would leave it held for ever.
+        # ``with`` on the RLock itself takes it in C, with no point for a signal in between.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._ready: collections.deque[Any] = collections.deque()
         self._closed = False
         self._consumer_waiting = False
@@ -164,7 +168,7 @@ class NumpyQueue:
             pool._wake()
 
     def publish(self, item: Any) -> bool:
-        with self._cond:
+        with self._lock:
             while not self._closed and len(self._ready) >= self._capacity:
                 self._cond.wait()
             if self._closed:
@@ -178,7 +182,7 @@ class NumpyQueue:
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting = False
         try:
-            with self._cond:
+            with self._lock:
                 while not self._ready:
                     if self._closed:
                         raise StreamClosedError("the stream was closed")
@@ -199,14 +203,14 @@ class NumpyQueue:
         finally:
             if waiting:
                 self._consumer_waiting = False
-                with self._cond:
+                with self._lock:
                     self._cond.notify_all()
 
     def close(self) -> None:
         if os.getpid() != self._pid:
             self._closed = True
             return
-        with self._cond:
+        with self._lock:
             self._closed = True
             dropped = list(self._ready)
             self._ready.clear()
@@ -250,7 +254,9 @@ class NumpySlotPool:
         self._max_bytes = max_bytes
         self._queue = queue
         # RLock: a finalizer may run (garbage collection) while this thread holds the lock.
-        self._cond = threading.Condition(threading.RLock())
+        # Entered directly, never through the Condition (see NumpyQueue).
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._free: collections.deque[_Slot] = collections.deque()
         self._slots = 0
         self._bytes = 0
@@ -267,12 +273,12 @@ class NumpySlotPool:
             queue._feed(self)
 
     def _wake(self) -> None:
-        with self._cond:
+        with self._lock:
             self._cond.notify_all()
 
     def acquire(self, nbytes: int, timeout: float | None = None) -> NumpySlot:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             while True:
                 if self._closed:
                     raise StreamClosedError("the stream was closed")
@@ -320,7 +326,7 @@ class NumpySlotPool:
     def _unref(self, slot: _Slot) -> None:
         if os.getpid() != self._pid:
             return  # a forked child: leave the inherited slot alone
-        with self._cond:
+        with self._lock:
             slot.refs -= 1
             if slot.refs:
                 return
@@ -338,7 +344,7 @@ class NumpySlotPool:
         if threads == 1 or source.nbytes < PARALLEL_BYTES or source.size < threads:
             np.copyto(dest, source, casting="unsafe")
             return
-        with self._cond:
+        with self._lock:
             if self._copier is None and not self._closed:
                 self._copier = ThreadPoolExecutor(threads - 1, "fastbridge-numpy-copy")
             copier = self._copier
@@ -361,7 +367,7 @@ class NumpySlotPool:
             future.result()
 
     def _count_fill(self, nbytes: int, seconds: float) -> None:
-        with self._cond:
+        with self._lock:
             self._fills += 1
             self._bytes_copied += nbytes
             self._fill_seconds += seconds
@@ -370,7 +376,7 @@ class NumpySlotPool:
         if os.getpid() != self._pid:
             self._closed = True
             return
-        with self._cond:
+        with self._lock:
             self._closed = True
             while self._free:
                 slot = self._free.popleft()
@@ -386,7 +392,7 @@ class NumpySlotPool:
         return self._closed
 
     def stats(self) -> dict[str, Any]:
-        with self._cond:
+        with self._lock:
             return {
                 "slots": self._slots,
                 "slots_free": len(self._free),

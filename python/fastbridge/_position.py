@@ -20,7 +20,7 @@ from typing import Any
 
 from ._padding import Padder
 from ._state import Unsaveable, decode_items, encode_items, encode_value
-from ._tfdata import load_iterator, save_iterator
+from ._tfdata import load_iterator, save_iterator, skip
 from .errors import SourceError, StateTimeoutError
 
 BATCH, ERROR, END = 0, 1, 2
@@ -69,7 +69,8 @@ class TfLog:
         self._drop = drop  # batches of pending + iterator to drop before batch ``start``
         self._start = start
         self._log: collections.deque[tuple[int, Any]] = collections.deque()
-        self._lock = threading.Lock()
+        # An RLock because it can say whether this thread holds it (see state()).
+        self._lock = threading.RLock()
         self._base = base
         self._failed = False
 
@@ -104,28 +105,39 @@ class TfLog:
             self._log.append((index, item))
             return item
 
-    def state(self, delivered: int, timeout: float) -> dict[str, Any]:
-        """The ``tf_iterator``, ``pending`` and ``skip`` fields for ``delivered`` batches."""
-        if self._lock.acquire(timeout=timeout):
-            try:
-                if not self._failed:
-                    saved = save_iterator(self._iterator)
-                    ahead = [item for index, item in self._log if index >= delivered]
-                    pending = encode_items([*ahead, *self._pending])
-                    self._base = _Base(saved, pending, self._drop, delivered)
-                    return {"tf_iterator": saved, "pending": pending, "skip": self._drop}
-            finally:
-                self._lock.release()
+    def state(
+        self, cursor: Callable[[], Position], timeout: float
+    ) -> tuple[Position, dict[str, Any]]:
+        """The delivered position (read with ``cursor()``) and the ``tf_iterator``, ``pending``
+        and ``skip`` fields that resume right after it."""
+        lock = self._lock
+        try:
+            if lock.acquire(timeout=timeout) and not self._failed:
+                # Under the lock: the producer forgets delivered batches while it holds it,
+                # so a position read before the lock could name a batch already forgotten.
+                position = cursor()
+                delivered = position.batches
+                saved = save_iterator(self._iterator)
+                ahead = [item for index, item in self._log if index >= delivered]
+                pending = encode_items([*ahead, *self._pending])
+                self._base = _Base(saved, pending, self._drop, delivered)
+                return position, {"tf_iterator": saved, "pending": pending, "skip": self._drop}
+        finally:
+            # Asked, not remembered: a KeyboardInterrupt can arrive right after acquire()
+            # returned and before its result was stored, and the lock must not stay held.
+            if lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
         base = self._base
         if base is None:
             raise StateTimeoutError(
                 f"state() waited {timeout} s for the producer to save the dataset iterator "
                 "before its first read; call it again, or pass a longer timeout"
             )
-        return {
+        position = cursor()
+        return position, {
             "tf_iterator": base.tf_iterator,
             "pending": base.pending,
-            "skip": base.drop + (delivered - base.start),
+            "skip": base.drop + (position.batches - base.start),
         }
 
 
@@ -225,7 +237,7 @@ def restore(
                 return iterator, None, TfLog.resumed(iterator, saved, pending)
             chained = itertools.chain(pending, iterator)
             return itertools.islice(chained, saved.skip, None), None, None
-        ds = source.skip(batches) if batches else source
+        ds = skip(source, batches)
         return iter(ds.as_numpy_iterator() if numpy_items else ds), None, None
     iterator = iter(source)
     stateful = iterator if _is_stateful(iterator) else None

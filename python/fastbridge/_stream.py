@@ -450,7 +450,13 @@ class Stream(Iterator[T], Generic[T]):
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-        cursor = self._pipeline.cursor  # one read: batches and source state always agree
+        pipeline = self._pipeline
+        fields: dict[str, Any] = {}
+        if self._log is not None:
+            wait = 0.0 if pipeline.closed.is_set() else float(timeout)
+            cursor, fields = self._log.state(lambda: pipeline.cursor, wait)
+        else:
+            cursor = pipeline.cursor  # one read: batches and source state always agree
         source = cursor.source
         if isinstance(source, Unsaveable):
             raise TypeError(f"state() cannot save this stream's position: {source.message}")
@@ -458,13 +464,11 @@ class Stream(Iterator[T], Generic[T]):
             "version": STATE_VERSION,
             "batches": cursor.batches,
             "source": source,
+            **fields,
         }
         padder = self._padder
         if padder is not None and padder.full is not None:
             state["batch_size"] = padder.full
-        if self._log is not None:
-            wait = 0.0 if self._pipeline.closed.is_set() else float(timeout)
-            state.update(self._log.state(cursor.batches, wait))
         return state
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -621,10 +625,11 @@ def stream(
     Args:
       source: a ``tf.data.Dataset`` (read through ``as_numpy_iterator()``, or its tensors for
         ``direct``) or any iterable of pytrees of NumPy arrays.
-      backend: ``"auto"`` (fastest correct path: ``direct`` for a ``tf.data.Dataset`` on CPU,
-        ``ring`` otherwise), ``"ring"`` (Rust slots), ``"numpy"`` (the same ring in NumPy),
-        ``"direct"`` (the source's buffers, no copy: only for sources that never refill an
-        array they yielded), ``"copy"`` (``jnp.array``, baseline).
+      backend: ``"auto"`` (fastest correct path: ``direct`` for a ``tf.data.Dataset`` on CPU
+        that runs no Python code, ``ring`` otherwise), ``"ring"`` (Rust slots), ``"numpy"``
+        (the same ring in NumPy), ``"direct"`` (the source's buffers, no copy: only for sources
+        that never refill an array they yielded), ``"copy"`` (``jnp.array`` on the consumer,
+        the baseline).
       prefetch: batches prepared ahead of the consumer (>= 1).
       device: target ``jax.Device`` or platform name; default ``jax.devices()[0]``.
       sharding: a ``jax.sharding.Sharding`` (e.g. ``NamedSharding(mesh, P("data"))``): batches
@@ -638,9 +643,14 @@ def stream(
         ``{"['image']": "float32"}``, converted on the producer thread.
       state: a ``Stream.state()`` to resume from.
       checkpoint: for tf.data sources, make ``state()`` save the dataset iterator's own state
-        and the batches read ahead, so resuming is exact for any pipeline (unseeded shuffles
-        included) and re-reads nothing; costs holding up to ``prefetch + 1`` source batches
-        until they are delivered. Without it tf.data streams resume by replaying (``skip``).
+        (shuffle buffers and random state included) and the batches read ahead, so resuming
+        re-reads nothing and is exact even for an unseeded shuffle, up to the end of the
+        current epoch: tf.data does not save the seeds an unseeded shuffle under ``repeat()``
+        draws for later epochs, nor the state of stateful random ops (a warning says so when a
+        pipeline has them; ``from_generator`` pipelines are refused). Costs holding up to
+        ``prefetch + 2`` source batches until they are delivered, and one save of the
+        iterator before the first read. Without it tf.data streams resume by replaying
+        (``skip``), which is exact for deterministic pipelines.
       service: a tf.data service dispatcher (``"grpc://host:port"``): preprocessing runs on
         its workers (``fastbridge.service.distribute``).
       shard_by_process: with several JAX processes (``jax.distributed``), read only this
@@ -652,6 +662,10 @@ def stream(
       slots: slots allocated before the pool counts as grown (default ``prefetch + 2``).
       pin_memory: lock slot pages in RAM (and register them with CUDA on GPUs) when allowed.
       copy_threads: threads that fill one large slot (default ``min(2, cpu_count)``).
+
+    Every batch is delivered exactly once, in order, across ``state()`` and resume, Ctrl-C
+    (a ``KeyboardInterrupt`` raised inside ``next()`` leaves the batch for the next call)
+    and source errors (a resume re-reads the batch whose read failed).
 
     Example:
       >>> import numpy as np

@@ -30,6 +30,25 @@ def cardinality(ds: Any) -> int | None:
     return n if n >= 0 else None
 
 
+_SKIP_MAX = 2**31 - 1
+MAX_REPLAY = 2**40
+"""The most batches a replayed resume skips: tf.data reads every skipped element (about
+20 µs each), so a larger count cannot be a real position."""
+
+
+def skip(ds: Any, count: int) -> Any:
+    """``ds.skip(count)`` for counts up to ``MAX_REPLAY``: tf.data truncates a count to
+    32 bits while it iterates (2**31 skips nothing, 2**32 + 3 skips 3), so counts are split."""
+    if count > MAX_REPLAY:
+        raise ValueError(
+            f"state['batches'] = {count} cannot be replayed: resuming would read every batch "
+            f"before it, and a count above {MAX_REPLAY} is not a real position"
+        )
+    while count > _SKIP_MAX:
+        ds, count = ds.skip(_SKIP_MAX), count - _SKIP_MAX
+    return ds.skip(count) if count else ds
+
+
 def _resource(iterator: Any) -> Any:
     # as_numpy_iterator() wraps the dataset iterator that owns the state.
     return getattr(iterator, "_iterator", iterator)._iterator_resource

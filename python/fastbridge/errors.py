@@ -63,6 +63,15 @@ class LeafOverflowError(FastbridgeError, OverflowError):
         self.path = path
 
 
+class ShardingError(FastbridgeError, ValueError):
+    """A leaf cannot be laid out as ``sharding=`` says (a scalar where the sharding splits an
+    axis, or an axis that does not divide evenly). ``path`` names the leaf."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class StructureChangedError(FastbridgeError, ValueError):
     """A batch's pytree structure or a leaf's dtype differs from the first batch's.
 
@@ -93,6 +102,7 @@ __all__ = [
     "LeafOverflowError",
     "MemmapPathError",
     "PoolExhaustedError",
+    "ShardingError",
     "SourceError",
     "StateTimeoutError",
     "StreamClosedError",
