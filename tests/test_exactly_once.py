@@ -340,6 +340,18 @@ class ExactlyOnce(RuleBasedStateMachine):
             state = json.loads(json.dumps(self.stream.state()))
         self._open(backend, prefetch, state)
 
+    @rule(older=st.booleans(), pick=st.integers(0, 1000))
+    def set_state_in_place(self, older, pick):
+        """The Grain-style spelling: the same stream goes on from a saved state (its own
+        latest, or an older one), dropping what it read ahead; held batches stay valid."""
+        if older and self.saved:
+            state = self.saved[pick % len(self.saved)]
+        else:
+            state = json.loads(json.dumps(self.stream.get_state()))
+        self.stream.set_state(state)
+        self.next_position = state["batches"]
+        self.ended = self.errored = False
+
     # -- invariants -------------------------------------------------------------------------
     @invariant()
     def held_batches_never_change(self):

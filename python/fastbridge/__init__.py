@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._stream import BACKENDS, Backend, Stream, StreamStats, core_available, stream
+from ._backends import BACKENDS, BackendName
+from ._options import StreamOptions
+from ._state import Checkpointable
+from ._stream import Stream, StreamStats, core_available, stream
 from .convert import from_numpy, load_memmap, map_numpy, to_numpy
 from .errors import (
     ConversionError,
@@ -28,6 +31,9 @@ from .errors import (
     UnsupportedLeafError,
 )
 
+Backend = BackendName
+"""The type of ``backend=`` values (an alias of ``BackendName``, kept for existing code)."""
+
 try:
     __version__ = version("fastbridge")
 except PackageNotFoundError:  # running from a source tree
@@ -36,6 +42,8 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendName",
+    "Checkpointable",
     "ConversionError",
     "FastbridgeError",
     "FastbridgeWarning",
@@ -47,6 +55,7 @@ __all__ = [
     "StateTimeoutError",
     "Stream",
     "StreamClosedError",
+    "StreamOptions",
     "StreamStats",
     "StructureChangedError",
     "UnsupportedLeafError",

@@ -12,7 +12,8 @@ import functools
 import math
 import sys
 import time
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,16 @@ from ._leaves import (
     overflow_error,
 )
 from ._multihost import global_shape
-from .errors import ShardingError
+from ._native import core as _core
+from .errors import FastbridgeWarning, ShardingError
+
+if TYPE_CHECKING:
+    from ._options import StreamOptions
+    from ._tfdata import PipelineFacts
+
+BackendName = Literal["auto", "ring", "numpy", "direct", "copy"]
+"""The ``backend=`` values of ``stream()``."""
+BACKENDS: tuple[BackendName, ...] = ("auto", "ring", "numpy", "direct", "copy")
 
 LEAF_ALIGN = 64
 
@@ -80,7 +90,8 @@ class Placement:
             return []  # a scalar has no batch axis to split: placed whole, as the sharding says
         full = self.global_shape(shape)
         blocks: dict[tuple[int, int], list[jax.Device]] = {}
-        for device, index in self.sharding.addressable_devices_indices_map(full).items():
+        for device, found in self.sharding.addressable_devices_indices_map(full).items():
+            index = found if found is not None else ()
             rows = index[0] if index else slice(None)
             rest = zip(index[1:], full[1:], strict=False)
             if any(s != slice(None) and s != slice(0, n) for s, n in rest):
@@ -98,6 +109,7 @@ class Placement:
 
     def assemble(self, local_shape: tuple[int, ...], arrays: list[jax.Array]) -> jax.Array:
         """A global array from per-device arrays that alias this process's slot blocks."""
+        assert self.sharding is not None, "only sharded leaves are assembled"
         return jax.make_array_from_single_device_arrays(
             self.global_shape(local_shape), self.sharding, arrays
         )
@@ -106,7 +118,10 @@ class Placement:
         """Put whole host arrays where they belong (copies when a device or sharding needs it)."""
         if self.sharding is not None and not self.sharding.is_fully_addressable:
             return [
-                jax.make_array_from_process_local_data(self.sharding, np.asarray(a)) for a in arrays
+                jax.make_array_from_process_local_data(  # type: ignore[no-untyped-call]
+                    self.sharding, np.asarray(a)
+                )
+                for a in arrays
             ]
         target = self.sharding if self.sharding is not None else self.device
         return jax.device_put(arrays, target)  # type: ignore[no-any-return]
@@ -364,7 +379,8 @@ class DirectConverter:
 
 @functools.lru_cache(maxsize=64)
 def _numpy_dtype(tf_dtype: Any) -> np.dtype:
-    return np.dtype(tf_dtype.as_numpy_dtype)
+    dtype: np.dtype = np.dtype(tf_dtype.as_numpy_dtype)
+    return dtype
 
 
 def _to_numpy(leaf: Any) -> Any:
@@ -462,35 +478,56 @@ class CopyBackend(Backend):
         return True
 
 
+def choose(name: BackendName, device: jax.Device, facts: PipelineFacts | None) -> BackendName:
+    """``name`` with ``auto`` resolved; ``facts`` describe a tf.data source (else ``None``)."""
+    if name == "auto":
+        # On CPU, TensorFlow's own buffers need no copy and any extra copy competes with the
+        # step for cores and memory bandwidth (benches/RESULTS.md). A buffer TensorFlow made
+        # is never written again while referenced; but TensorFlow aliases 64-byte-aligned
+        # arrays that Python code in the pipeline returns (from_generator, py_function,
+        # numpy_function), and any other iterable may refill the arrays it yielded, so
+        # batches the consumer holds could change: those get their own copy in slots. On
+        # accelerators, pinned slots feed asynchronous transfers.
+        if device.platform == "cpu" and facts is not None and not facts.runs_python:
+            return "direct"
+        return "ring" if _core is not None else "numpy"
+    if name == "ring" and _core is None:
+        raise ImportError(
+            "backend='ring' needs the Rust extension fastbridge._core, which is not built; "
+            "install a fastbridge wheel, or use backend='numpy'"
+        )
+    if name == "direct" and facts is not None and facts.runs_python:
+        warnings.warn(
+            "backend='direct' hands TensorFlow's buffers to JAX, and this pipeline runs "
+            f"Python code ({', '.join(facts.python_ops) or 'from_generator'}) whose arrays "
+            "TensorFlow aliases when they are 64-byte aligned: if that code refills an array "
+            "it returned, batches you hold change. Use backend='auto' (which copies such "
+            "batches into slots), or make the Python code return a new array each time",
+            FastbridgeWarning,
+            stacklevel=5,
+        )
+    return name
+
+
 def make_backend(
-    name: str,
-    *,
-    core: Any,
-    placement: Placement,
-    flatten: Flattener,
-    prefetch: int,
-    slots: int,
-    max_pool_bytes: int | None,
-    pin_memory: bool,
-    copy_threads: int,
+    name: BackendName, placement: Placement, flatten: Flattener, options: StreamOptions
 ) -> Backend:
-    """The backend ``name`` (already resolved from ``auto``); ``core`` is ``fastbridge._core``
-    or ``None`` when the extension is not built."""
+    """The backend ``name`` (already resolved from ``auto`` by :func:`choose`)."""
     from ._numpy_ring import NumpyQueue, NumpySlotPool
 
-    native = core is not None and name != "numpy"
-    queue: Any = core.ReadyQueue(prefetch) if native else NumpyQueue(prefetch)
+    core: Any = _core if name != "numpy" else None  # the NumPy twins when None
+    queue: Any = core.ReadyQueue(options.prefetch) if core else NumpyQueue(options.prefetch)
 
     def pool() -> Any:
-        options = dict(
-            slots=slots,
-            max_bytes=max_pool_bytes,
-            lock=pin_memory,
-            cuda=pin_memory and placement.device.platform == "gpu",
-            copy_threads=copy_threads,
+        settings = dict(
+            slots=options.slots_or_default,
+            max_bytes=options.max_pool_bytes,
+            lock=options.pin_memory,
+            cuda=options.pin_memory and placement.device.platform == "gpu",
+            copy_threads=options.copy_threads_or_default,
             queue=queue,
         )
-        return core.SlotPool(**options) if native else NumpySlotPool(**options)
+        return core.SlotPool(**settings) if core else NumpySlotPool(**settings)
 
     if name in ("ring", "numpy"):
         slot_pool = pool()

@@ -15,14 +15,16 @@ count wins (the longer processes drop their last batch), or with ``pad_last=True
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
 
+from ._state import Checkpointable
+
 
 def process_count() -> int:
-    return jax.process_count()
+    return int(jax.process_count())
 
 
 class _Strided(Iterator[Any]):
@@ -45,10 +47,10 @@ class _StatefulStrided(_Strided):
     plus where this process is in the stride, so a resume stays exact (not a replay)."""
 
     def get_state(self) -> dict[str, Any]:
-        return {"inner": self.inner.get_state(), "skip": self.skip}  # type: ignore[attr-defined]
+        return {"inner": cast(Checkpointable, self.inner).get_state(), "skip": self.skip}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.inner.set_state(state["inner"])  # type: ignore[attr-defined]
+        cast(Checkpointable, self.inner).set_state(state["inner"])
         self.skip = int(state["skip"])
 
 
@@ -59,9 +61,10 @@ class _EveryNth:
         self.source, self.count, self.index = source, count, index
 
     def __iter__(self) -> Iterator[Any]:
-        inner = iter(self.source)
-        stateful = hasattr(inner, "get_state") and hasattr(inner, "set_state")
-        return (_StatefulStrided if stateful else _Strided)(inner, self.count, self.index)
+        inner: Iterator[Any] = iter(self.source)
+        if isinstance(inner, Checkpointable):
+            return _StatefulStrided(inner, self.count, self.index)
+        return _Strided(inner, self.count, self.index)
 
     def __len__(self) -> int:
         total = len(self.source)

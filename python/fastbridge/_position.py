@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._padding import Padder
-from ._state import Unsaveable, decode_items, encode_items, encode_value
+from ._state import Checkpointable, Unsaveable, decode_items, encode_items, encode_value
 from ._tfdata import load_iterator, save_iterator, skip
 from .errors import SourceError, StateTimeoutError
 
@@ -240,7 +240,7 @@ def restore(
         ds = skip(source, batches)
         return iter(ds.as_numpy_iterator() if numpy_items else ds), None, None
     iterator = iter(source)
-    stateful = iterator if _is_stateful(iterator) else None
+    stateful = iterator if isinstance(iterator, Checkpointable) else None
     if saved is not None and saved.source is not None:
         if stateful is None:
             raise ValueError(
@@ -248,7 +248,7 @@ def restore(
                 "has no get_state()/set_state()"
             )
         try:
-            iterator.set_state(saved.source)  # type: ignore[attr-defined]
+            iterator.set_state(saved.source)
         except Exception as error:
             raise ValueError(
                 f"state['source'] was refused by the source's set_state(): "
@@ -257,9 +257,3 @@ def restore(
         return iterator, stateful, None
     items = itertools.islice(iterator, batches, None) if batches else iterator
     return items, stateful, None
-
-
-def _is_stateful(iterator: Any) -> bool:
-    return callable(getattr(iterator, "get_state", None)) and callable(
-        getattr(iterator, "set_state", None)
-    )

@@ -2,8 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamStats:
+    """A snapshot of a stream's counters. ``Stream.stats`` makes a new one on each access."""
+
+    backend: str
+    batches: int
+    bytes: int
+    wait_seconds: float
+    """Time the consumer spent blocked inside ``next()``."""
+    producer_busy_seconds: float
+    """Time the producer spent reading the source and preparing batches (not waiting)."""
+    bytes_copied: int
+    """Bytes copied into ring slots: every leaf for ``ring`` and ``numpy``, only the narrowed ones
+    (64-bit leaves with JAX's x64 off) for ``direct``, all on the consumer for ``copy``."""
+    pinned: bool
+    """Whether every slot's memory is locked in RAM (or registered with CUDA)."""
+    slots: int
+    pool_bytes: int
+    pool_grown: int
+    """How many slots were added because the consumer kept every slot and waited."""
+    elapsed_seconds: float
+
+    @property
+    def batches_per_second(self) -> float:
+        return self.batches / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    @property
+    def gigabytes_per_second(self) -> float:
+        return self.bytes / self.elapsed_seconds / 1e9 if self.elapsed_seconds > 0 else 0.0
+
+    @property
+    def input_bound_fraction(self) -> float:
+        """Share of wall time the consumer waited for input (0: never, 1: always)."""
+        return self.wait_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
 
 
 class ProgressBar:

@@ -33,7 +33,7 @@ import binascii
 import dataclasses
 import io
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +42,20 @@ from ._leaves import host_view
 STATE_VERSION = 2
 _VERSIONS = (1, 2)  # version 1 states (no "skip") resume as before
 _FIELDS = ("version", "batches", "source", "tf_iterator", "pending", "skip", "batch_size")
+
+
+@runtime_checkable
+class Checkpointable(Protocol):
+    """An iterator that can save and restore its position, the way Grain's iterators do.
+
+    A source whose iterator has these two methods resumes from its own state instead of by
+    replaying; :class:`fastbridge.Stream` has them too. ``get_state()`` may return any value
+    ``encode_value`` can make JSON of (dicts, lists, numbers, strings, bytes, NumPy values).
+    """
+
+    def get_state(self) -> Any: ...
+
+    def set_state(self, state: Any, /) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +286,7 @@ def _decode_leaf(encoded: Any, spec: Any) -> np.ndarray:
 def _decode_strings(encoded: dict[str, Any]) -> np.ndarray:
     lengths = _load_npy(encoded.get("lengths"))
     try:
-        data = base64.b64decode(encoded.get("data"), validate=True)
+        data = base64.b64decode(encoded.get("data"), validate=True)  # type: ignore[arg-type]
     except (binascii.Error, TypeError):
         raise ValueError("a malformed string leaf") from None
     if lengths.dtype.kind not in "iu" or (lengths < 0).any() or lengths.sum() != len(data):

@@ -1,92 +1,50 @@
-"""``stream()``: batches from a host-side source delivered as pytrees of ``jax.Array``."""
+"""``stream()``: batches from a host-side source delivered as pytrees of ``jax.Array``.
+
+A :class:`Stream` composes the pieces, each in its own module: the validated options
+(``_options``), the producer's :class:`~fastbridge._position.Reader` (the only code that reads
+the source, and the one owner of positions), a backend from ``_backends`` (its queue, converter
+and slots) and, for ``checkpoint=True``, the tf.data log that saves read-ahead batches.
+"""
 
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import jax
 
 from . import _backends
-from ._backends import Placement, make_backend
-from ._leaves import DtypePolicy, Flattener, check_policy
+from ._backends import Placement, choose, make_backend
+from ._leaves import Flattener
 from ._multihost import agree_on_batches, process_count, shard_source
-from ._numpy_ring import MAX_QUEUE_CAPACITY
+from ._native import available as core_available
+from ._options import StreamOptions, takes_options, x64_enabled
 from ._padding import Padder
 from ._position import BATCH, END, ERROR, Position, Reader, restore
-from ._progress import ProgressBar, summary
+from ._progress import ProgressBar, StreamStats, summary
 from ._state import STATE_VERSION, SavedState, Unsaveable, encode_value
 from ._state import parse as parse_state
-from ._tfdata import PipelineFacts, cardinality, is_dataset, pipeline_facts
-from .errors import FastbridgeWarning, StreamClosedError
+from ._tfdata import cardinality, check_checkpoint, is_dataset, pipeline_facts
+from .errors import StreamClosedError
 
-try:
-    from . import _core
-except ImportError:  # the extension is not built: the NumPy ring stands in for it
-    _core = None  # type: ignore[assignment]
-
-Backend = Literal["auto", "ring", "numpy", "direct", "copy"]
-BACKENDS: tuple[str, ...] = ("auto", "ring", "numpy", "direct", "copy")
 T = TypeVar("T")
 
-# Upper bounds on the integer options, checked before anything is allocated.
-MAX_SLOTS = 1 << 20
-MAX_COPY_THREADS = 1024
-MAX_POOL_BYTES = (1 << 63) - 1
 STATE_TIMEOUT = 5.0
 """Default bound, in seconds, on how long ``Stream.state()`` waits for a source read."""
 _JOIN_SECONDS = 1.0
 
-
-def core_available() -> bool:
-    """Whether the Rust extension (``fastbridge._core``) is importable."""
-    return _core is not None
+__all__ = ["STATE_TIMEOUT", "Stream", "StreamStats", "core_available", "stream"]
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamStats:
-    """A snapshot of a stream's counters. ``Stream.stats`` makes a new one on each access."""
-
-    backend: str
-    batches: int
-    bytes: int
-    wait_seconds: float
-    """Time the consumer spent blocked inside ``next()``."""
-    producer_busy_seconds: float
-    """Time the producer spent reading the source and preparing batches (not waiting)."""
-    bytes_copied: int
-    """Bytes copied into ring slots: every leaf for ``ring`` and ``numpy``, only the narrowed ones
-    (64-bit leaves with JAX's x64 off) for ``direct``, all on the consumer for ``copy``."""
-    pinned: bool
-    """Whether every slot's memory is locked in RAM (or registered with CUDA)."""
-    slots: int
-    pool_bytes: int
-    pool_grown: int
-    """How many slots were added because the consumer kept every slot and waited."""
-    elapsed_seconds: float
-
-    @property
-    def batches_per_second(self) -> float:
-        return self.batches / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
-
-    @property
-    def gigabytes_per_second(self) -> float:
-        return self.bytes / self.elapsed_seconds / 1e9 if self.elapsed_seconds > 0 else 0.0
-
-    @property
-    def input_bound_fraction(self) -> float:
-        """Share of wall time the consumer waited for input (0: never, 1: always)."""
-        return self.wait_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
-
-
-def _resolve_device(device: jax.Device | str | None) -> jax.Device:
+def _resolve_device(options: StreamOptions) -> jax.Device:
+    if options.sharding is not None:
+        return next(iter(options.sharding.addressable_devices))
+    device = options.device
     if device is None:
         return jax.devices()[0]
     if isinstance(device, str):
@@ -94,75 +52,7 @@ def _resolve_device(device: jax.Device | str | None) -> jax.Device:
             return jax.devices(device)[0]
         except RuntimeError as error:
             raise ValueError(f"device={device!r}: JAX has no such platform ({error})") from None
-    if isinstance(device, jax.Device):
-        return device
-    raise TypeError(f"device must be a jax.Device, a platform name or None, got {device!r}")
-
-
-def _resolve_backend(backend: str, device: jax.Device, facts: PipelineFacts | None) -> str:
-    """``backend`` with ``auto`` resolved; ``facts`` describe a tf.data source (else ``None``)."""
-    if backend not in BACKENDS:
-        raise ValueError(
-            f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
-        )
-    if backend == "auto":
-        # On CPU, TensorFlow's own buffers need no copy and any extra copy competes with the
-        # step for cores and memory bandwidth (benches/RESULTS.md). A buffer TensorFlow made
-        # is never written again while referenced; but TensorFlow aliases 64-byte-aligned
-        # arrays that Python code in the pipeline returns (from_generator, py_function,
-        # numpy_function), and any other iterable may refill the arrays it yielded, so
-        # batches the consumer holds could change: those get their own copy in slots. On
-        # accelerators, pinned slots feed asynchronous transfers.
-        if device.platform == "cpu" and facts is not None and not facts.runs_python:
-            return "direct"
-        return "ring" if _core is not None else "numpy"
-    if backend == "ring" and _core is None:
-        raise ImportError(
-            "backend='ring' needs the Rust extension fastbridge._core, which is not built; "
-            "install a fastbridge wheel, or use backend='numpy'"
-        )
-    if backend == "direct" and facts is not None and facts.runs_python:
-        warnings.warn(
-            "backend='direct' hands TensorFlow's buffers to JAX, and this pipeline runs "
-            f"Python code ({', '.join(facts.python_ops) or 'from_generator'}) whose arrays "
-            "TensorFlow aliases when they are 64-byte aligned: if that code refills an array "
-            "it returned, batches you hold change. Use backend='auto' (which copies such "
-            "batches into slots), or make the Python code return a new array each time",
-            FastbridgeWarning,
-            stacklevel=4,
-        )
-    return backend
-
-
-def _check_checkpoint(facts: PipelineFacts) -> None:
-    """What checkpoint=True cannot restore in this pipeline: refuse, or say so once."""
-    if facts.generator:
-        raise ValueError(
-            "checkpoint=True cannot save this pipeline's position: tf.data cannot save the "
-            "state of a Dataset.from_generator iterator. Stream it with checkpoint=False "
-            "(resuming then replays the batches already delivered), or build the dataset "
-            "with fastbridge.from_numpy or a tf.data source"
-        )
-    limits = []
-    if facts.reshuffles_unseeded:
-        limits.append(
-            "an unseeded shuffle (or random dataset) runs again after a resume, under a "
-            "repeat() or inside an interleave/flat_map, with new seeds: batches up to the end "
-            "of the current epoch resume exactly, later epochs come in a different order. "
-            "Pass shuffle(..., seed=N) (or call tf.random.set_seed) to make them exact"
-        )
-    if facts.stateful_random:
-        limits.append(
-            f"stateful random ops ({', '.join(facts.stateful_random)}) keep state that tf.data "
-            "does not save: after a resume they draw different numbers. Use stateless random "
-            "ops (tf.random.stateless_uniform, Dataset.random) to make them exact"
-        )
-    if limits:
-        warnings.warn(
-            "checkpoint=True cannot resume this pipeline exactly: " + "; and ".join(limits),
-            FastbridgeWarning,
-            stacklevel=4,
-        )
+    return device
 
 
 class _Pipeline:
@@ -254,130 +144,98 @@ def _close_all_at_exit() -> None:
 class Stream(Iterator[T], Generic[T]):
     """An iterator of batches (pytrees of ``jax.Array``) and a context manager.
 
-    Made by :func:`stream`. ``close()`` (or leaving the ``with`` block) stops the producer and
-    frees every slot that no batch still holds; batches you kept stay valid.
+    Made by :func:`stream`, or as ``Stream(source, StreamOptions(...))``. ``close()`` (or
+    leaving the ``with`` block) stops the producer and frees every slot that no batch still
+    holds; batches you kept stay valid. ``get_state()``/``set_state()`` save and restore the
+    position the way Grain's iterators do (:class:`fastbridge.Checkpointable`).
     """
 
-    def __init__(
-        self,
-        source: Iterable[Any],
-        *,
-        backend: Backend = "auto",
-        prefetch: int = 4,
-        device: jax.Device | str | None = None,
-        sharding: jax.sharding.Sharding | None = None,
-        pad_last: bool = False,
-        batch_size: int | None = None,
-        dtypes: DtypePolicy = "canonical",
-        state: dict[str, Any] | None = None,
-        checkpoint: bool = False,
-        service: str | None = None,
-        shard_by_process: bool = True,
-        progress: bool = False,
-        max_pool_bytes: int | None = None,
-        slots: int | None = None,
-        pin_memory: bool = True,
-        copy_threads: int | None = None,
-    ) -> None:
-        _check_int("prefetch", prefetch, 1, MAX_QUEUE_CAPACITY)
-        _check_int("slots", slots, 1, MAX_SLOTS, optional=True)
-        _check_int("max_pool_bytes", max_pool_bytes, 1, MAX_POOL_BYTES, optional=True)
-        _check_int("copy_threads", copy_threads, 1, MAX_COPY_THREADS, optional=True)
-        _check_int("batch_size", batch_size, 1, MAX_POOL_BYTES, optional=True)
-        for name, flag in (
-            ("pad_last", pad_last),
-            ("checkpoint", checkpoint),
-            ("shard_by_process", shard_by_process),
-            ("progress", progress),
-            ("pin_memory", pin_memory),
-        ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
+    def __init__(self, source: Iterable[Any], options: StreamOptions | None = None) -> None:
+        options = options if options is not None else StreamOptions()
+        if not isinstance(options, StreamOptions):
+            raise TypeError(f"options must be a StreamOptions, got {type(options).__name__}")
         _check_source(source)
-        if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
-            raise TypeError(f"sharding must be a jax.sharding.Sharding, got {sharding!r}")
-        if sharding is not None and device is not None:
-            raise ValueError(
-                "pass device= or sharding=, not both: a sharding already says which devices "
-                "hold the batch"
-            )
-        if batch_size is not None and not pad_last:
-            raise ValueError("batch_size= only applies with pad_last=True")
-        self._device = _resolve_device(device)
-        if sharding is not None:
-            self._device = next(iter(sharding.addressable_devices))
+        self._options = options
+        self._device = _resolve_device(options)
         tf_source = is_dataset(source)
         facts = pipeline_facts(source) if tf_source else None
-        self._backend = _resolve_backend(backend, self._device, facts)
-        x64 = bool(jax.config.read("jax_enable_x64"))
-        check_policy(dtypes, x64)
-        if checkpoint and facts is None:
+        self._backend = choose(options.backend, self._device, facts)
+        if options.checkpoint and facts is None:
             raise ValueError(
                 "checkpoint=True applies to tf.data sources; other iterables resume exactly "
                 "through their iterator's get_state()/set_state(), or by replaying"
             )
-        if checkpoint and facts is not None:
-            _check_checkpoint(facts)
-        if service is not None:
+        if options.checkpoint and facts is not None:
+            check_checkpoint(facts)
+        if options.service is not None:
             if not tf_source:
                 raise TypeError("service= needs a tf.data.Dataset source")
             from .service import distribute
 
-            source = distribute(source, service)
-        unsharded = source
-        limit = None
+            source = distribute(source, options.service)
+        self._template_source = source
+        self._limit = None
         if process_count() > 1:
-            if service is None and shard_by_process:
+            if options.service is None and options.shard_by_process:
                 source = shard_source(source, tf_source)
-            limit = agree_on_batches(_known_length(source, tf_source), pad_last=pad_last)
-        saved = parse_state(state) if state is not None else None
-        if saved is not None:
-            _check_state_fits(saved, source, tf_source, limit)
+            self._limit = agree_on_batches(
+                _known_length(source, tf_source), pad_last=options.pad_last
+            )
+        self._source = source
+        self._tf_source = tf_source
+        self._x64 = x64_enabled()
+        self._placement = Placement(self._device, options.sharding)
         self._started = time.perf_counter()
         self._bytes = 0
         self._wait = 0.0
+        total = _known_length(source, tf_source)
+        self._progress = ProgressBar(total, self._backend) if options.progress else None
+        self._open(self._parse(options.state))
+
+    def _parse(self, state: Any) -> SavedState | None:
+        if state is None:
+            return None
+        saved = parse_state(state)
+        _check_state_fits(saved, self._source, self._tf_source, self._limit)
+        return saved
+
+    def _open(self, saved: SavedState | None) -> None:
+        """Start a producer at ``saved`` (``None``: the beginning)."""
+        options = self._options
         self._done = False
         # The batch taken from the queue and not yet returned: a KeyboardInterrupt between
         # the two leaves it here, and the next call returns it (see __next__).
         self._inflight: list[Any] = []
-
-        placement = Placement(self._device, sharding)
         numpy_items = self._backend in ("ring", "numpy", "copy")
-        items, stateful, log = restore(source, saved, tf_source, numpy_items, checkpoint)
-        if pad_last and batch_size is None and saved is not None:
+        items, stateful, log = restore(
+            self._source, saved, self._tf_source, numpy_items, options.checkpoint
+        )
+        batch_size = options.batch_size
+        if options.pad_last and batch_size is None and saved is not None:
             # The batch size the interrupted stream learned from its first batch: a resume that
             # starts at the short last batch must still pad it to full size.
             batch_size = saved.batch_size
-        padder = Padder(batch_size) if pad_last else None
+        padder = Padder(batch_size) if options.pad_last else None
         first = saved.batches if saved is not None else 0
         self._first = first
+        template = None
+        if self._limit is not None:
+            template = _template(self._template_source, self._tf_source, numpy_items)
         reader = Reader(
             items,
             first=first,
             stateful=stateful,
             log=log,
-            limit=limit,
+            limit=self._limit,
             padder=padder,
-            template=_template(unsharded, tf_source, numpy_items) if limit is not None else None,
+            template=template,
         )
-        flatten = Flattener(x64=x64, dtypes=dtypes, padded=pad_last)
-        self._backend_impl = make_backend(
-            self._backend,
-            core=_core,
-            placement=placement,
-            flatten=flatten,
-            prefetch=prefetch,
-            slots=slots or prefetch + 2,
-            max_pool_bytes=max_pool_bytes,
-            pin_memory=pin_memory,
-            copy_threads=copy_threads or min(2, os.cpu_count() or 1),
-        )
+        flatten = Flattener(x64=self._x64, dtypes=options.dtypes, padded=options.pad_last)
+        self._backend_impl = make_backend(self._backend, self._placement, flatten, options)
         self._padder = padder
         start = Position(first, encode_value(saved.source) if saved and saved.source else None)
-        self._pipeline = _Pipeline(reader, self._backend_impl, start, x64)
+        self._pipeline = _Pipeline(reader, self._backend_impl, start, self._x64)
         self._log = log
-        total = _known_length(source, tf_source)
-        self._progress = ProgressBar(total, self._backend) if progress else None
         self._finalizer = weakref.finalize(self, self._pipeline.close)
         self._finalizer.atexit = False  # _close_all_at_exit closes every stream at once
         _OPEN.add(self._pipeline)
@@ -471,6 +329,23 @@ class Stream(Iterator[T], Generic[T]):
             state["batch_size"] = padder.full
         return state
 
+    def get_state(self) -> dict[str, Any]:
+        """``state()`` with its default timeout: the Grain-style spelling."""
+        return self.state()
+
+    def set_state(self, state: dict[str, Any], /) -> None:
+        """Go on from ``state`` (a ``state()`` of a stream over the same source and options).
+
+        The batches read ahead are dropped and the producer restarts at ``state``; batches
+        already delivered stay valid. The state is checked before anything is stopped: a bad
+        one raises ``ValueError`` and leaves the stream as it was.
+        """
+        if self._pipeline.pid != os.getpid():
+            raise RuntimeError("this stream was created in another process (os.fork())")
+        saved = self._parse(state)
+        self._finalizer()
+        self._open(saved)
+
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the producer (within a second, even if it waits for a free slot) and free every
@@ -534,16 +409,6 @@ class Stream(Iterator[T], Generic[T]):
         return f"<fastbridge.Stream backend={self._backend!r} device={self._device} {state}>"
 
 
-def _check_int(name: str, value: Any, low: int, high: int, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    allowed = f"an int from {low} to {high}" + (" or None" if optional else "")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be {allowed}, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
 def _check_source(source: Any) -> None:
     if isinstance(source, Mapping):
         raise TypeError(
@@ -600,26 +465,8 @@ def _template(source: Any, tf_source: bool, numpy_items: bool) -> Any:
     return first
 
 
-def stream(
-    source: Iterable[Any],
-    *,
-    backend: Backend = "auto",
-    prefetch: int = 4,
-    device: jax.Device | str | None = None,
-    sharding: jax.sharding.Sharding | None = None,
-    pad_last: bool = False,
-    batch_size: int | None = None,
-    dtypes: DtypePolicy = "canonical",
-    state: dict[str, Any] | None = None,
-    checkpoint: bool = False,
-    service: str | None = None,
-    shard_by_process: bool = True,
-    progress: bool = False,
-    max_pool_bytes: int | None = None,
-    slots: int | None = None,
-    pin_memory: bool = True,
-    copy_threads: int | None = None,
-) -> Stream[Any]:
+@takes_options(StreamOptions)
+def stream(source: Iterable[Any], options: StreamOptions) -> Stream[Any]:
     """Stream batches from ``source`` into JAX, prepared in the background.
 
     Args:
@@ -675,22 +522,4 @@ def stream(
       ...     print([float(b["x"].sum()) for b in batches])
       [0.0, 6.0, 12.0]
     """
-    return Stream(
-        source,
-        backend=backend,
-        prefetch=prefetch,
-        device=device,
-        sharding=sharding,
-        pad_last=pad_last,
-        batch_size=batch_size,
-        dtypes=dtypes,
-        state=state,
-        checkpoint=checkpoint,
-        service=service,
-        shard_by_process=shard_by_process,
-        progress=progress,
-        max_pool_bytes=max_pool_bytes,
-        slots=slots,
-        pin_memory=pin_memory,
-        copy_threads=copy_threads,
-    )
+    return Stream(source, options)

@@ -11,7 +11,10 @@ import binascii
 import dataclasses
 import re
 import sys
+import warnings
 from typing import Any
+
+from .errors import FastbridgeWarning
 
 
 def tf_module() -> Any:
@@ -213,3 +216,34 @@ def _unseeded_node(node: Any, nodes: Any) -> bool:
             return True
         values.append(int(tf.make_ndarray(source.attr["value"].tensor)))
     return values == [0, 0]
+
+
+def check_checkpoint(facts: PipelineFacts) -> None:
+    """What checkpoint=True cannot restore in this pipeline: refuse, or say so once."""
+    if facts.generator:
+        raise ValueError(
+            "checkpoint=True cannot save this pipeline's position: tf.data cannot save the "
+            "state of a Dataset.from_generator iterator. Stream it with checkpoint=False "
+            "(resuming then replays the batches already delivered), or build the dataset "
+            "with fastbridge.from_numpy or a tf.data source"
+        )
+    limits = []
+    if facts.reshuffles_unseeded:
+        limits.append(
+            "an unseeded shuffle (or random dataset) runs again after a resume, under a "
+            "repeat() or inside an interleave/flat_map, with new seeds: batches up to the end "
+            "of the current epoch resume exactly, later epochs come in a different order. "
+            "Pass shuffle(..., seed=N) (or call tf.random.set_seed) to make them exact"
+        )
+    if facts.stateful_random:
+        limits.append(
+            f"stateful random ops ({', '.join(facts.stateful_random)}) keep state that tf.data "
+            "does not save: after a resume they draw different numbers. Use stateless random "
+            "ops (tf.random.stateless_uniform, Dataset.random) to make them exact"
+        )
+    if limits:
+        warnings.warn(
+            "checkpoint=True cannot resume this pipeline exactly: " + "; and ".join(limits),
+            FastbridgeWarning,
+            stacklevel=5,
+        )

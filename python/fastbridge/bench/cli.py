@@ -242,7 +242,7 @@ def _split(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _sample(scenario: str, path: Any, layout: str, size: int, rep: int, **m: Any) -> dict:
+def _sample(scenario: str, path: Any, layout: str, size: int, rep: int, **m: Any) -> dict[str, Any]:
     return {
         "scenario": scenario,
         "path": path.key,
@@ -428,7 +428,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     }
 
 
-def _datasets(sc: Any, layouts: list[str], sizes: list[int]) -> Iterator[tuple]:
+def _datasets(sc: Any, layouts: list[str], sizes: list[int]) -> Iterator[tuple[Any, ...]]:
     # One (layout, size) at a time, so at most one size's datasets and slots are alive.
     for size in sizes:
         for layout in layouts:

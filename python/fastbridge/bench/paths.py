@@ -136,7 +136,7 @@ def resolve(names: str | list[str] | None) -> list[Path]:
 def open_path(path: Path, ds: Any, **stream_options: Any) -> Iterator[Any]:
     """A fresh iterator of batches for ``path`` over ``ds``."""
     if path.kind == "fastbridge":
-        return path.open(ds, **stream_options)  # type: ignore[call-arg]
+        return path.open(ds, **stream_options)
     return path.open(ds)
 
 

@@ -55,7 +55,7 @@ def parse_size(text: str) -> int:
 
 def summarize(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median, min and max of every metric, per scenario, layout, size and path."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for s in samples:
         groups[(s["scenario"], s.get("layout", ""), s.get("size_bytes", 0), s["path"])].append(s)
     out = []
@@ -268,7 +268,7 @@ def check_targets(
     return out
 
 
-def _fmt_range(scale: float, digits: int) -> Callable[[dict[str, float]], str]:
+def _fmt_range(scale: float, digits: int) -> Callable[[dict[str, Any]], str]:
     def fmt(m: dict[str, float]) -> str:
         return (
             f"{m['median'] * scale:.{digits}f} "
@@ -278,11 +278,11 @@ def _fmt_range(scale: float, digits: int) -> Callable[[dict[str, float]], str]:
     return fmt
 
 
-def _fmt_median(scale: float, digits: int) -> Callable[[dict[str, float]], str]:
+def _fmt_median(scale: float, digits: int) -> Callable[[dict[str, Any]], str]:
     return lambda m: f"{m['median'] * scale:.{digits}f}"
 
 
-TABLES: dict[str, list[tuple[str, str, Callable[[dict[str, float]], str]]]] = {
+TABLES: dict[str, list[tuple[str, str, Callable[[dict[str, Any]], str]]]] = {
     "handoff": [
         ("consumer-visible µs per batch, median [min-max]", "consumer_s", _fmt_range(1e6, 0)),
         ("wall ms per batch (step included), median [min-max]", "wall_s", _fmt_range(1e3, 2)),
@@ -290,8 +290,8 @@ TABLES: dict[str, list[tuple[str, str, Callable[[dict[str, float]], str]]]] = {
         (
             "MiB copied per batch on the consumer thread / by the producer",
             "copied",
-            lambda m: m["text"],
-        ),  # type: ignore[dict-item]
+            lambda m: str(m["text"]),
+        ),
         ("peak RSS MiB during the run", "rss_peak", _fmt_median(1 / MiB, 0)),
     ],
     "throughput": [
@@ -325,7 +325,7 @@ SCENARIO_TITLES = {
 }
 
 
-def _cell(row: dict[str, Any] | None, metric: str, fmt: Callable[[dict[str, float]], str]) -> str:
+def _cell(row: dict[str, Any] | None, metric: str, fmt: Callable[[dict[str, Any]], str]) -> str:
     if row is None:
         return "-"
     m = row["metrics"]
@@ -372,10 +372,13 @@ def tables(summary: list[dict[str, Any]]) -> list[tuple[str, list[str], list[lis
 def render_text(table: tuple[str, list[str], list[list[str]]]) -> str:
     title, header, rows = table
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w)
-        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-    )
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 

@@ -92,7 +92,12 @@ def _touch(leaves: list[jax.Array]) -> jax.Array:
     for leaf in leaves:
         flat = leaf.reshape(-1)
         total = total + flat[: min(flat.size, 1024)].astype(jnp.float32).sum()
-    return total
+    return total  # type: ignore[no-any-return]  # jnp arithmetic is typed as Any
+
+
+def _block(tree: Any) -> Any:
+    """``jax.block_until_ready``, which jax leaves untyped."""
+    return jax.block_until_ready(tree)  # type: ignore[no-untyped-call]
 
 
 def _make_step(iterations: int) -> Callable[[jax.Array, Any], jax.Array]:
@@ -108,7 +113,7 @@ def _make_step(iterations: int) -> Callable[[jax.Array, Any], jax.Array]:
         def body(_: int, x: jax.Array) -> jax.Array:
             return jnp.tanh(x @ weight)
 
-        return jax.lax.fori_loop(0, iterations, body, x)
+        return jax.lax.fori_loop(0, iterations, body, x)  # type: ignore[no-any-return]
 
     return step
 
@@ -312,7 +317,7 @@ def measure(
 def _consume(state: jax.Array, batch: Any, step: Step | None, path: Path, resident: Any) -> Any:
     if step is None:
         if path.kind != "floor":
-            jax.block_until_ready(batch)
+            _block(batch)
         return state
     state = step(state, resident if path.kind == "floor" else batch)
     state.block_until_ready()
@@ -352,7 +357,9 @@ class ParallelCopy:
             self.pool.shutdown()
 
 
-def copy_rates(nbytes: int, threads: int, repeats: int, copies: int) -> dict[str, list[dict]]:
+def copy_rates(
+    nbytes: int, threads: int, repeats: int, copies: int
+) -> dict[str, list[dict[str, Any]]]:
     """Interleaved samples of memcpy (NumPy, ``threads`` threads), the core's ``copy_into`` and
     a full ring slot fill (acquire, fill, release) of ``nbytes``; seconds and CPU per copy."""
     from .. import core_available
@@ -360,7 +367,7 @@ def copy_rates(nbytes: int, threads: int, repeats: int, copies: int) -> dict[str
     source = _touched(nbytes)
     dest = _touched(nbytes)
     memcpy = ParallelCopy(threads)
-    ways: dict[str, Callable[[], None]] = {"memcpy": lambda: memcpy(dest, source)}
+    ways: dict[str, Callable[[], object]] = {"memcpy": lambda: memcpy(dest, source)}
     if core_available():
         from .. import _core
 
@@ -374,7 +381,7 @@ def copy_rates(nbytes: int, threads: int, repeats: int, copies: int) -> dict[str
             slot.release()
 
         ways["ring_fill"] = fill
-    out: dict[str, list[dict]] = {name: [] for name in ways}
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in ways}
     for _ in range(repeats):
         for name, way in ways.items():
             way()  # warm: the ring allocates its slot on the first fill
@@ -449,7 +456,7 @@ def mlp_step(hidden: int, batch: int) -> tuple[Step, Callable[[], Any]]:
     for _ in range(10):
         started = time.perf_counter()
         params = train(params, probe)
-        jax.block_until_ready(params)
+        _block(params)
         times.append(time.perf_counter() - started)
     return Step(train, 0, statistics.median(times)), init
 
@@ -472,7 +479,7 @@ def measure_e2e(
         for _ in range(warmup):
             batch = next(iterator)
             params = step(params, resident if path.kind == "floor" else batch)
-        jax.block_until_ready(params)
+        _block(params)
         times: list[float] = []
         with RssSampler() as sampler:
             cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -484,7 +491,7 @@ def measure_e2e(
                 # The floor measures the pipeline alone: it drops the batch and skips the step.
                 if path.kind != "floor":
                     params = step(params, batch)
-                    jax.block_until_ready(params)
+                    _block(params)
             wall = time.perf_counter() - wall0
             cpu = time.process_time() - cpu0
             del batch, item

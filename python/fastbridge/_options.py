@@ -1,0 +1,160 @@
+"""The options of ``stream()``: declared once, as one frozen dataclass, and checked once.
+
+``stream()`` takes these fields as its keyword arguments (its signature is derived from this
+class, so the two cannot drift apart), and :class:`Stream` receives the validated object.
+Checks here need no source: they run before anything is read or allocated.
+
+>>> from fastbridge import StreamOptions
+>>> StreamOptions(prefetch=2).slots_or_default
+4
+>>> StreamOptions(prefetch=0)
+Traceback (most recent call last):
+...
+ValueError: prefetch must be an int from 1 to 1048576, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import jax
+
+from ._backends import BACKENDS, BackendName
+from ._leaves import DtypePolicy, check_policy
+from ._numpy_ring import MAX_QUEUE_CAPACITY
+
+# Upper bounds on the integer options, checked before anything is allocated.
+MAX_SLOTS = 1 << 20
+MAX_COPY_THREADS = 1024
+MAX_POOL_BYTES = (1 << 63) - 1
+
+
+def _count(default: int | None, low: int, high: int) -> Any:
+    """A field holding an int in ``[low, high]`` (or ``None`` when that is its default)."""
+    return dataclasses.field(default=default, metadata={"range": (low, high)})
+
+
+def _flag(default: bool) -> Any:
+    return dataclasses.field(default=default, metadata={"flag": True})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StreamOptions:
+    """Every option of :func:`fastbridge.stream`, validated; ``stream()`` documents each one.
+
+    Build it once and reuse it: ``Stream(source, options)`` is ``stream(source, **fields)``.
+    Wrong types raise ``TypeError`` and values out of range or in conflict ``ValueError``,
+    each naming the option.
+    """
+
+    backend: BackendName = "auto"
+    prefetch: int = _count(4, 1, MAX_QUEUE_CAPACITY)
+    device: jax.Device | str | None = None
+    sharding: jax.sharding.Sharding | None = None
+    pad_last: bool = _flag(False)
+    batch_size: int | None = _count(None, 1, MAX_POOL_BYTES)
+    dtypes: DtypePolicy = "canonical"
+    state: dict[str, Any] | None = None
+    checkpoint: bool = _flag(False)
+    service: str | None = None
+    shard_by_process: bool = _flag(True)
+    progress: bool = _flag(False)
+    max_pool_bytes: int | None = _count(None, 1, MAX_POOL_BYTES)
+    slots: int | None = _count(None, 1, MAX_SLOTS)
+    pin_memory: bool = _flag(True)
+    copy_threads: int | None = _count(None, 1, MAX_COPY_THREADS)
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if "range" in field.metadata:
+                low, high = field.metadata["range"]
+                _check_int(field.name, value, low, high, optional=field.default is None)
+            elif "flag" in field.metadata and not isinstance(value, bool):
+                raise TypeError(f"{field.name} must be True or False, got {value!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}"
+            )
+        if self.device is not None and not isinstance(self.device, (str, jax.Device)):
+            raise TypeError(
+                f"device must be a jax.Device, a platform name or None, got {self.device!r}"
+            )
+        if self.sharding is not None and not isinstance(self.sharding, jax.sharding.Sharding):
+            raise TypeError(f"sharding must be a jax.sharding.Sharding, got {self.sharding!r}")
+        if self.sharding is not None and self.device is not None:
+            raise ValueError(
+                "pass device= or sharding=, not both: a sharding already says which devices "
+                "hold the batch"
+            )
+        if self.batch_size is not None and not self.pad_last:
+            raise ValueError("batch_size= only applies with pad_last=True")
+        if self.service is not None and not isinstance(self.service, str):
+            raise TypeError(f"service must be a dispatcher address string, got {self.service!r}")
+        check_policy(self.dtypes, x64_enabled())
+
+    @property
+    def slots_or_default(self) -> int:
+        """Slots allocated before the pool counts as grown: ``prefetch + 2`` unless set."""
+        return self.slots if self.slots is not None else self.prefetch + 2
+
+    @property
+    def copy_threads_or_default(self) -> int:
+        """Threads that fill one large slot: ``min(2, cpu_count)`` unless set."""
+        if self.copy_threads is not None:
+            return self.copy_threads
+        return min(2, os.cpu_count() or 1)
+
+
+def x64_enabled() -> bool:
+    """JAX's x64 switch as this thread sees it (``with jax.enable_x64():`` is thread-local)."""
+    return bool(jax.config.read("jax_enable_x64"))  # type: ignore[no-untyped-call]
+
+
+def _check_int(name: str, value: Any, low: int, high: int, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    allowed = f"an int from {low} to {high}" + (" or None" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def takes_options(
+    options: Callable[P, StreamOptions],
+) -> Callable[
+    [Callable[[Iterable[Any], StreamOptions], R]], Callable[Concatenate[Iterable[Any], P], R]
+]:
+    """Give ``build(source, options)`` the signature ``(source, /, *, <each option>)``.
+
+    Type checkers see the options' own parameters (through ``ParamSpec``) and ``help()``
+    shows them (through ``__signature__``): the keywords are declared once, in the dataclass.
+    """
+
+    def decorate(
+        build: Callable[[Iterable[Any], StreamOptions], R],
+    ) -> Callable[Concatenate[Iterable[Any], P], R]:
+        @functools.wraps(build)
+        def call(source: Iterable[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
+            return build(source, options(*args, **kwargs))
+
+        params = list(inspect.signature(options).parameters.values())
+        source = inspect.Parameter(
+            "source", inspect.Parameter.POSITIONAL_ONLY, annotation="Iterable[Any]"
+        )
+        call.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [source, *params], return_annotation=inspect.signature(build).return_annotation
+        )
+        return call
+
+    return decorate
