@@ -176,6 +176,17 @@ def test_stats_rates_summary_and_progress(capsys):
     assert "fastbridge[ring]" in err and "20/20" in err
 
 
+def test_summary_names_what_each_backend_has():
+    data = [np.zeros((4, 4), np.float64)] * 3  # narrowed: direct takes slots for it
+    texts = {}
+    for backend in ("ring", "direct"):
+        with stream(data, backend=backend) as s:
+            list(s)
+            texts[backend] = s.summary()
+    assert "The ring used" in texts["ring"]
+    assert "ring" not in texts["direct"] and "Its narrowing used" in texts["direct"]
+
+
 def test_dtype_policy():
     items = [{"d": np.arange(3, dtype=np.float64), "i": np.arange(3, dtype=np.int32)}]
     with stream(items, backend="ring", dtypes={"['i']": "float16"}) as s:

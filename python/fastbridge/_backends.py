@@ -422,11 +422,15 @@ class Backend:
 
     ``prepare(item, index)`` runs on the producer thread and returns ``(payload, nbytes)``;
     ``deliver(payload)`` runs on the consumer and returns the batch. ``pool`` is the slot pool
-    (``None`` when the backend copies nothing into slots).
+    (``None`` when the backend copies nothing into slots). ``numpy_items`` says whether a
+    tf.data source is read as NumPy (``as_numpy_iterator()``) or as tensors.
     """
 
-    def __init__(self, name: str, queue: Any, pool: Any, converter: Any) -> None:
+    def __init__(
+        self, name: str, queue: Any, pool: Any, converter: Any, *, numpy_items: bool = True
+    ) -> None:
         self.name = name
+        self.numpy_items = numpy_items
         self.queue = queue
         self.pool = pool
         self.converter = converter
@@ -534,12 +538,14 @@ def make_backend(
         return Backend(name, queue, slot_pool, SlotConverter(slot_pool, placement, flatten))
     if name == "direct":
         if core is None:  # NumPy narrows into fresh memory
-            return Backend(name, queue, None, DirectConverter(placement, flatten))
+            converter = DirectConverter(placement, flatten)
+            return Backend(name, queue, None, converter, numpy_items=False)
         # Slots only for leaves that must be narrowed (allocated on first use, so a batch that
         # aliases its source takes none).
         slot_pool = pool()
         narrowing = SlotConverter(slot_pool, placement, flatten)
-        return Backend(name, queue, slot_pool, DirectConverter(placement, flatten, narrowing))
+        converter = DirectConverter(placement, flatten, narrowing)
+        return Backend(name, queue, slot_pool, converter, numpy_items=False)
     if name == "copy":
         return CopyBackend(name, queue, None, CopyConverter(placement, flatten))
     raise ValueError(f"unknown backend {name!r}")

@@ -94,8 +94,10 @@ def summary(stats: Any) -> str:
     pool = ""
     if stats.slots:
         pinned = "pinned" if stats.pinned else "not pinned"
+        # direct has slots only for leaves it narrows; it has no ring of its own.
+        owner = "Its narrowing" if stats.backend == "direct" else "The ring"
         pool = (
-            f" The ring used {stats.slots} slots ({stats.pool_bytes / 2**20:.1f} MiB, {pinned}"
+            f" {owner} used {stats.slots} slots ({stats.pool_bytes / 2**20:.1f} MiB, {pinned}"
             + (f", grown {stats.pool_grown} times" if stats.pool_grown else "")
             + f") and copied {stats.bytes_copied / 2**30:.2f} GiB."
         )

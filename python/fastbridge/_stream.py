@@ -206,10 +206,18 @@ class Stream(Iterator[T], Generic[T]):
         # The batch taken from the queue and not yet returned: a KeyboardInterrupt between
         # the two leaves it here, and the next call returns it (see __next__).
         self._inflight: list[Any] = []
-        numpy_items = self._backend in ("ring", "numpy", "copy")
-        items, stateful, log = restore(
-            self._source, saved, self._tf_source, numpy_items, options.checkpoint
-        )
+        flatten = Flattener(x64=self._x64, dtypes=options.dtypes, padded=options.pad_last)
+        backend = make_backend(self._backend, self._placement, flatten, options)
+        self._backend_impl = backend
+        numpy_items = backend.numpy_items
+        try:
+            items, stateful, log = restore(
+                self._source, saved, self._tf_source, numpy_items, options.checkpoint
+            )
+        except BaseException:
+            backend.close()
+            self._done = True
+            raise
         batch_size = options.batch_size
         if options.pad_last and batch_size is None and saved is not None:
             # The batch size the interrupted stream learned from its first batch: a resume that
@@ -230,8 +238,6 @@ class Stream(Iterator[T], Generic[T]):
             padder=padder,
             template=template,
         )
-        flatten = Flattener(x64=self._x64, dtypes=options.dtypes, padded=options.pad_last)
-        self._backend_impl = make_backend(self._backend, self._placement, flatten, options)
         self._padder = padder
         start = Position(first, encode_value(saved.source) if saved and saved.source else None)
         self._pipeline = _Pipeline(reader, self._backend_impl, start, self._x64)
@@ -337,8 +343,10 @@ class Stream(Iterator[T], Generic[T]):
         """Go on from ``state`` (a ``state()`` of a stream over the same source and options).
 
         The batches read ahead are dropped and the producer restarts at ``state``; batches
-        already delivered stay valid. The state is checked before anything is stopped: a bad
-        one raises ``ValueError`` and leaves the stream as it was.
+        already delivered stay valid. The state's fields are checked before anything is
+        stopped: a malformed one raises ``ValueError`` and leaves the stream as it was. A state
+        the source itself refuses (its own ``set_state()``, or tf.data's iterator) raises
+        ``ValueError`` too, and ends the stream.
         """
         if self._pipeline.pid != os.getpid():
             raise RuntimeError("this stream was created in another process (os.fork())")
