@@ -1,4 +1,4 @@
-"""Benchmark of the whole-dataset conversions (issue 5).
+"""Benchmark of the whole-dataset conversions (``fastbridge.to_numpy`` and ``from_numpy``).
 
 to_numpy against the two usual recipes, and from_numpy against from_tensor_slices. Every
 measurement runs in a fresh subprocess, so ``ru_maxrss`` (the peak RSS) belongs to one recipe.

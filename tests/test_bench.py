@@ -1,8 +1,9 @@
-"""The benchmark's own code on tiny sizes: every path delivers the same values, the JSON has the
+"""The benchmark's own code on tiny sizes: every route delivers the same values, the JSON has the
 schema the plots read, plots are written, and GPU mode bows out cleanly. No timing is asserted."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-from fastbridge.bench import cli, paths, plots, report, scenarios
+from fastbridge.bench import cli, plots, report, routes, scenarios
 
 CANONICAL = {np.dtype(np.float64): np.float32, np.dtype(np.int64): np.int32}
 
@@ -36,18 +37,18 @@ def _assert_same(got, want):
 
 
 @pytest.mark.parametrize("layout", scenarios.LAYOUTS)
-def test_every_path_delivers_identical_values(layout):
+def test_every_route_delivers_identical_values(layout):
     # Distinct batches (not one repeated), so a reused slot or a stale buffer would show.
     batches = [scenarios.make_batch(layout, 4096, seed=i) for i in range(5)]
     stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
     ds = tf.data.Dataset.from_tensor_slices(stacked)
     want = [_expected(b) for b in batches]
-    for path in paths.PATHS:
-        got = paths.collect(path, ds, prefetch=2)
-        assert len(got) == len(want), path.key
+    for route in routes.ROUTES:
+        got = routes.collect(route, ds, prefetch=2)
+        assert len(got) == len(want), route.key
         for g, w in zip(got, want, strict=True):
             # The floor hands over NumPy untouched; compare it after the same narrowing.
-            _assert_same(_expected(g) if path.kind == "floor" else g, w)
+            _assert_same(_expected(g) if route.kind == "floor" else g, w)
 
 
 def test_make_batch_layouts():
@@ -62,11 +63,11 @@ def test_make_batch_layouts():
         scenarios.make_batch("list", 10)
 
 
-def test_path_and_size_parsing():
-    assert [p.number for p in paths.resolve("auto,1,dlpack")] == [1, 3, 8]
-    assert len(paths.resolve("all")) == 9
-    with pytest.raises(ValueError, match="unknown path"):
-        paths.resolve("fast")
+def test_route_and_size_parsing():
+    assert [r.number for r in routes.resolve("auto,1,dlpack")] == [1, 3, 8]
+    assert len(routes.resolve("all")) == 9
+    with pytest.raises(ValueError, match="unknown route"):
+        routes.resolve("fast")
     assert report.parse_size("64K") == 65536
     assert report.parse_size("16MiB") == 16 << 20
     assert report.parse_size("1048576") == 1 << 20
@@ -75,10 +76,10 @@ def test_path_and_size_parsing():
     assert report.size_label(64 << 20) == "64 MiB"
 
 
-def _row(scenario, layout, size, path, **medians):
+def _row(scenario, layout, size, route, **medians):
     metrics = {k: {"median": v, "min": v, "max": v} for k, v in medians.items()}
-    return {"scenario": scenario, "layout": layout, "size_bytes": size, "path": path,
-            "path_number": 0, "label": path, "repeats": 1, "metrics": metrics}  # fmt: skip
+    return {"scenario": scenario, "layout": layout, "size_bytes": size, "route": route,
+            "route_number": 0, "label": route, "repeats": 1, "metrics": metrics}  # fmt: skip
 
 
 def test_targets_are_ratios_with_verdicts():
@@ -91,31 +92,31 @@ def test_targets_are_ratios_with_verdicts():
         _row("copy", "", 64 * mib, "ring_fill", gbps=6.0, cpu_s=0.011),
     ]
     found = {(t["target"], t["where"]): t for t in report.check_targets(summary)}
-    consumer = found[("auto consumer time vs path 3", "f32 16 MiB")]
+    consumer = found[("auto consumer time vs route 3", "f32 16 MiB")]
     assert consumer["ratio"] == pytest.approx(0.05) and consumer["met"] is True
-    assert found[("auto wall time vs path 3", "f32 16 MiB")]["met"] is False
+    assert found[("auto wall time vs route 3", "f32 16 MiB")]["met"] is False
     assert found[("tutorial copy / auto consumer time", "f32 16 MiB")]["met"] is True
     assert found[("ring slot fill vs memcpy bandwidth", "64 MiB")]["met"] is False
     assert found[("ring slot fill CPU vs memcpy CPU", "64 MiB")]["met"] is True
-    # A path that was not run leaves its target unmeasured, never silently met.
-    ring = found[("ring consumer time vs path 3", "f32 16 MiB")]
+    # A route that was not run leaves its target unmeasured, never silently met.
+    ring = found[("ring consumer time vs route 3", "f32 16 MiB")]
     assert ring["ratio"] is None and ring["met"] is None
     text = report.render_targets_text(report.check_targets(summary))
     assert "MISSED" in text and "met" in text and "not measured" in text
 
 
 def test_targets_pair_rounds_so_drift_cancels():
-    # The machine slows down 2x between rounds; within each round path 3 is 0.98x auto's wall
+    # The machine slows down 2x between rounds; within each round route 3 is 0.98x auto's wall
     # time. Each round's ratio is the same, so the drift cannot show in the paired ratio.
     samples = []
     for rep, speed in enumerate([1.0, 2.0, 1.0, 2.0, 2.0]):
-        for path, wall in (("dlpack", 5e-3), ("auto", 5e-3 / 0.98)):
+        for route, wall in (("dlpack", 5e-3), ("auto", 5e-3 / 0.98)):
             samples.append(
                 {
                     "scenario": "handoff",
                     "layout": "f32",
                     "size_bytes": 1 << 20,
-                    "path": path,
+                    "route": route,
                     "rep": rep,
                     "wall_s": wall * speed,
                     "consumer_s": wall * speed / 100,
@@ -124,7 +125,7 @@ def test_targets_pair_rounds_so_drift_cancels():
     samples[-1]["wall_s"] = 5e-3 * 2.0 / 0.90  # one noisy round shows in the range
     summary = report.summarize(samples)
     targets = report.check_targets(summary, samples)
-    wall = next(t for t in targets if t["target"] == "auto wall time vs path 3")
+    wall = next(t for t in targets if t["target"] == "auto wall time vs route 3")
     assert wall["ratio"] == pytest.approx(1 / 0.98)
     assert wall["low"] == pytest.approx(1 / 0.98) and wall["high"] == pytest.approx(1 / 0.90)
     assert wall["met"] is True
@@ -132,7 +133,7 @@ def test_targets_pair_rounds_so_drift_cancels():
     assert line[2] == "1.020 [1.020-1.111]"
     # Without samples: the ratio of the medians, and no range.
     unpaired = report.check_targets(summary)
-    wall = next(t for t in unpaired if t["target"] == "auto wall time vs path 3")
+    wall = next(t for t in unpaired if t["target"] == "auto wall time vs route 3")
     assert wall["low"] is None and wall["high"] is None
 
 
@@ -140,7 +141,7 @@ def test_layouts_run_in_separate_rounds_are_not_paired():
     # dict and f32 run in their own blocks of rounds, minutes apart: their ratio is the ratio
     # of the medians, without a range that would suggest a pairing that never happened.
     samples = [
-        {"scenario": "handoff", "layout": layout, "size_bytes": 1 << 20, "path": "auto",
+        {"scenario": "handoff", "layout": layout, "size_bytes": 1 << 20, "route": "auto",
          "rep": rep, "consumer_s": value}
         for layout, values in (("f32", [1.0, 2.0, 3.0]), ("dict", [6.0, 2.0, 1.0]))
         for rep, value in enumerate(values)
@@ -157,22 +158,22 @@ def test_e2e_target_pairs_auto_with_the_best_anchor():
             "scenario": "e2e",
             "layout": "",
             "size_bytes": 1,
-            "path": path,
+            "route": route,
             "rep": rep,
             "steps_per_s": rate,
         }
         for rep in range(3)
-        for path, rate in (("dlpack", 70.0 + rep), ("device_put", 60.0), ("auto", 71.0 + rep))
+        for route, rate in (("dlpack", 70.0 + rep), ("device_put", 60.0), ("auto", 71.0 + rep))
     ]
     targets = report.check_targets(report.summarize(samples), samples)
     (e2e,) = [t for t in targets if t["target"].startswith("end-to-end")]
-    assert e2e["where"] == "e2e, vs path 3"
+    assert e2e["where"] == "e2e, vs route 3"
     assert e2e["ratio"] == pytest.approx(72.0 / 71.0) and e2e["met"] is True
 
 
 def _check_schema(result):
     meta = result["meta"]
-    for key in ("started", "argv", "args", "machine", "paths", "seconds", "step_seconds"):
+    for key in ("started", "argv", "args", "machine", "routes", "seconds", "step_seconds"):
         assert key in meta, key
     machine = meta["machine"]
     assert isinstance(machine["cpu"], str) and isinstance(machine["cores"], int)
@@ -182,12 +183,12 @@ def _check_schema(result):
     scenarios_seen = {s["scenario"] for s in result["samples"]}
     assert scenarios_seen == {"handoff", "throughput", "copy", "e2e", "memory"}
     for s in result["samples"]:
-        for key, kind in (("scenario", str), ("path", str), ("path_number", int),
+        for key, kind in (("scenario", str), ("route", str), ("route_number", int),
                           ("layout", str), ("size_bytes", int), ("rep", int)):  # fmt: skip
             assert isinstance(s[key], kind), (key, s)
         assert isinstance(s["cpu_s"], float)
         if s["scenario"] == "copy":  # memcpy, copy_into and ring slot fill
-            assert s["path"] in ("memcpy", "copy_into", "ring_fill")
+            assert s["route"] in ("memcpy", "copy_into", "ring_fill")
             # Schema only: both figures were recorded as finite measurements.
             assert all(math.isfinite(s[k]) for k in ("seconds", "gbps")), s
             continue
@@ -203,7 +204,7 @@ def _check_schema(result):
         if s["scenario"] == "memory":
             assert {"rss_peak", "rss_growth", "minor_faults"} <= set(s)
     for row in result["summary"]:
-        assert set(row) >= {"scenario", "layout", "size_bytes", "path", "path_number", "metrics"}
+        assert set(row) >= {"scenario", "layout", "size_bytes", "route", "route_number", "metrics"}
         for stats in row["metrics"].values():
             assert set(stats) == {"median", "min", "max"}
             assert stats["min"] <= stats["median"] <= stats["max"]
@@ -213,7 +214,7 @@ def _check_schema(result):
         if t["low"] is not None:  # rounds were paired: the median lies within their range
             assert t["low"] <= t["ratio"] <= t["high"]
     # The tutorial copy always copies on the consumer; fastbridge never does.
-    by = {(s["scenario"], s["path"]): s for s in result["samples"]}
+    by = {(s["scenario"], s["route"]): s for s in result["samples"]}
     assert by[("handoff", "tutorial")]["consumer_copied_bytes"] > 0
     assert by[("handoff", "auto")]["consumer_copied_bytes"] == 0
     assert by[("handoff", "ring")]["producer_copied_bytes"] > 0
@@ -243,7 +244,8 @@ def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
         assert data.startswith(b"\x89PNG"), name
     md = (out / "summary.md").read_text()
     assert "### Targets" in md and "tensorflow" in md and "Machine" in md
-    assert "| path |" in md and "handoff_consumer.png" in md
+    assert "| route |" in md and "handoff_consumer.png" in md
+    assert "vs route 3" in md and "| path |" not in md and "vs path" not in md
 
 
 def test_plots_say_so_without_matplotlib(monkeypatch):
@@ -255,9 +257,23 @@ def test_plots_say_so_without_matplotlib(monkeypatch):
 def test_help_explains_every_option():
     text = cli.build_parser().format_help()
     for action in cli.build_parser()._actions:
+        if action.help == argparse.SUPPRESS:  # a deprecated alias, hidden on purpose
+            continue
         for flag in action.option_strings:
             assert flag in text
         assert action.help, action.option_strings
+    assert "Routes: 1 tutorial copy" in text and "--routes" in text
+
+
+def test_paths_is_a_hidden_alias_of_routes(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args([]).routes == "all"
+    assert parser.parse_args(["--routes", "1,dlpack"]).routes == "1,dlpack"
+    assert capsys.readouterr().err == ""
+    # The option's earlier name still works, says it is deprecated, and is not in --help.
+    assert parser.parse_args(["--paths", "ring,auto"]).routes == "ring,auto"
+    assert "--paths is deprecated, use --routes" in capsys.readouterr().err
+    assert "--paths" not in parser.format_help()
 
 
 def test_gpu_mode_exits_zero_without_a_gpu(tmp_path):

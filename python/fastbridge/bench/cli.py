@@ -1,4 +1,4 @@
-"""``python -m fastbridge.bench``: copy versus zero-copy, every path side by side."""
+"""``python -m fastbridge.bench``: copy versus zero-copy, every route side by side."""
 
 from __future__ import annotations
 
@@ -47,15 +47,32 @@ FULL = {
 SCENARIOS = ("handoff", "throughput", "e2e", "memory")
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An option's old name: stores into the new one's ``dest`` and says so on stderr."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{option_string} is deprecated, use --{self.dest.replace('_', '-')}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastbridge.bench",
         description=(
             "Measure every way of handing tf.data batches to JAX side by side, on a built-in "
-            "synthetic dataset (no downloads). Paths: 1 tutorial copy (jnp.array per leaf), "
+            "synthetic dataset (no downloads). Routes: 1 tutorial copy (jnp.array per leaf), "
             "2 as_numpy_iterator + device_put, 3 EagerTensor -> jax.dlpack by hand, "
             "4 flax-style deque of device_put, 5 fastbridge ring, 6 numpy, 7 direct, 8 auto, "
-            "9 the floor (iterate as_numpy_iterator only). Paths run interleaved "
+            "9 the floor (iterate as_numpy_iterator only). Routes run interleaved "
             "(A B C ... A B C ...) and repeated; tables show medians with [min-max]. Writes "
             "results.json (every raw sample), summary.md (paste into benches/RESULTS.md) and "
             "PNG plots into --out. See benches/README.md."
@@ -90,11 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         "feeding a jitted MLP train step), memory (RSS and page faults)",
     )
     p.add_argument(
-        "--paths",
+        "--routes",
         default="all",
-        help="comma-separated path numbers or names (tutorial, device_put, dlpack, "
+        help="comma-separated route numbers or names (tutorial, device_put, dlpack, "
         "flax_prefetch, ring, numpy, direct, auto, floor), or 'all'",
     )
+    # The option's earlier name, kept so that existing commands still run; not in --help.
+    p.add_argument("--paths", dest="routes", action=_DeprecatedAlias, help=argparse.SUPPRESS)
     p.add_argument(
         "--sizes",
         default=None,
@@ -110,13 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=None,
-        help="interleaved rounds over all paths [quick 3, full 5]",
+        help="interleaved rounds over all routes [quick 3, full 5]",
     )
     p.add_argument(
         "--batches",
         type=int,
         default=None,
-        help="measured batches per path per round in handoff [quick 6, full 30]",
+        help="measured batches per route per round in handoff [quick 6, full 30]",
     )
     p.add_argument(
         "--warmup",
@@ -128,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--step-ms",
         type=float,
         default=5.0,
-        help="target duration of the handoff's jitted CPU step (4 to 10 ms in the "
-        "issue); the measured duration is printed and recorded",
+        help="target duration of the handoff's jitted CPU step (the targets assume 4 to "
+        "10 ms); the measured duration is printed and recorded",
     )
     p.add_argument(
         "--throughput-sizes",
@@ -170,9 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-batches",
         type=int,
         default=None,
-        help="batches per path in the memory scenario [quick 300, full 10000]",
+        help="batches per route in the memory scenario [quick 300, full 10000]",
     )
-    p.add_argument("--prefetch", type=int, default=4, help="prefetch of the fastbridge paths")
+    p.add_argument("--prefetch", type=int, default=4, help="prefetch of the fastbridge routes")
     p.add_argument(
         "--threads",
         type=int,
@@ -242,12 +261,14 @@ def _split(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _sample(scenario: str, path: Any, layout: str, size: int, rep: int, **m: Any) -> dict[str, Any]:
+def _sample(
+    scenario: str, route: Any, layout: str, size: int, rep: int, **m: Any
+) -> dict[str, Any]:
     return {
         "scenario": scenario,
-        "path": path.key,
-        "path_number": path.number,
-        "label": path.label,
+        "route": route.key,
+        "route_number": route.number,
+        "label": route.label,
         "layout": layout,
         "size_bytes": size,
         "rep": rep,
@@ -257,11 +278,11 @@ def _sample(scenario: str, path: Any, layout: str, size: int, rep: int, **m: Any
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Every chosen scenario; returns the results dictionary (also what results.json holds)."""
-    from . import paths as paths_mod
     from . import report
+    from . import routes as routes_mod
     from . import scenarios as sc
 
-    chosen = paths_mod.resolve(args.paths)
+    chosen = routes_mod.resolve(args.routes)
     wanted = _split(args.scenarios)
     for name in wanted:
         if name not in SCENARIOS:
@@ -285,8 +306,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "args": vars(args),
         "machine": report.machine_info(),
         "jax_device": str(jax.devices()[0]),
-        "paths": [
-            {"number": p.number, "key": p.key, "label": p.label, "kind": p.kind} for p in chosen
+        "routes": [
+            {"number": r.number, "key": r.key, "label": r.label, "kind": r.kind} for r in chosen
         ],
     }
     samples: list[dict[str, Any]] = []
@@ -321,9 +342,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     step.fn, resident, runs=5
                 )
                 for rep in range(args.repeats):
-                    for path in chosen:  # interleaved: A B C ... A B C ...
+                    for route in chosen:  # interleaved: A B C ... A B C ...
                         m = sc.measure(
-                            path,
+                            route,
                             ds,
                             batches=args.batches,
                             warmup=args.warmup,
@@ -334,8 +355,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                         )
                         m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
                         m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                        samples.append(_sample("handoff", path, layout, size, rep, **m))
-                        progress.update(f"handoff {layout} {report.size_label(size)} {path.key}")
+                        samples.append(_sample("handoff", route, layout, size, rep, **m))
+                        progress.update(f"handoff {layout} {report.size_label(size)} {route.key}")
                 del resident
         timings["handoff"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -345,9 +366,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 # Fewer batches for huge ones: each run moves at most about 2 GiB.
                 batches = max(3, min(args.throughput_batches, (2 << 30) // nbytes))
                 for rep in range(args.repeats):
-                    for path in chosen:
+                    for route in chosen:
                         m = sc.measure(
-                            path,
+                            route,
                             ds,
                             batches=batches,
                             warmup=args.warmup,
@@ -357,13 +378,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                         )
                         m["gbps"] = nbytes / m["wall_s"] / 1e9
                         m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                        samples.append(_sample("throughput", path, layout, size, rep, **m))
-                        progress.update(f"throughput {layout} {report.size_label(size)} {path.key}")
+                        samples.append(_sample("throughput", route, layout, size, rep, **m))
+                        progress.update(
+                            f"throughput {layout} {report.size_label(size)} {route.key}"
+                        )
             for size in copy_sizes:
                 copies = max(3, min(20, (1 << 30) // size))
                 rates = sc.copy_rates(size, args.threads, args.repeats, copies)
                 for name, runs in rates.items():
-                    fake = paths_mod.Path(0, name, name, "copy", lambda ds: iter(()))
+                    fake = routes_mod.Route(0, name, name, "copy", lambda ds: iter(()))
                     for rep, m in enumerate(runs):
                         samples.append(
                             _sample("copy", fake, "", size, rep, threads=args.threads, **m)
@@ -381,9 +404,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             resident = jax.device_put(next(ds.as_numpy_iterator()))
             size = sc.batch_nbytes(resident)
             for rep in range(args.e2e_repeats):
-                for path in chosen:
+                for route in chosen:
                     m = sc.measure_e2e(
-                        path,
+                        route,
                         ds,
                         steps=args.e2e_steps,
                         warmup=args.e2e_warmup,
@@ -391,8 +414,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                         init=init,
                         resident=resident,
                     )
-                    samples.append(_sample("e2e", path, "", size, rep, **m))
-                    progress.update(f"e2e {path.key}")
+                    samples.append(_sample("e2e", route, "", size, rep, **m))
+                    progress.update(f"e2e {route.key}")
             del ds, resident
         timings["e2e"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -400,9 +423,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             size = report.parse_size(args.memory_size)
             batch = sc.make_batch("f32", size)
             ds = sc.repeated_dataset(batch)
-            for path in chosen:
+            for route in chosen:
                 m = sc.measure(
-                    path,
+                    route,
                     ds,
                     batches=args.memory_batches,
                     warmup=args.warmup,
@@ -411,8 +434,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     stream_options=stream_options,
                 )
                 m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                samples.append(_sample("memory", path, "", size, 0, **m))
-                progress.update(f"memory {path.key}")
+                samples.append(_sample("memory", route, "", size, 0, **m))
+                progress.update(f"memory {route.key}")
         timings["memory"] = time.perf_counter() - mark
         mark = time.perf_counter()
     finally:

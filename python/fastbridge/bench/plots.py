@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .paths import BY_KEY
 from .report import Lookup, size_label
+from .routes import BY_KEY
 
 
 class PlotsUnavailable(RuntimeError):
@@ -26,17 +26,17 @@ def _pyplot() -> Any:
     return plt
 
 
-def _label(path: str) -> str:
-    known = BY_KEY.get(path)
-    return f"{known.number} {known.label}" if known else path
+def _label(route: str) -> str:
+    known = BY_KEY.get(route)
+    return f"{known.number} {known.label}" if known else route
 
 
 def _lines(ax: Any, at: Lookup, scenario: str, layout: str, metric: str, scale: float) -> None:
     sizes = at.sizes(scenario, layout)
-    for path in at.paths(scenario):
+    for route in at.routes(scenario):
         xs, ys, lo, hi = [], [], [], []
         for size in sizes:
-            row = at.rows.get((scenario, layout, size, path))
+            row = at.rows.get((scenario, layout, size, route))
             if row is None or metric not in row["metrics"]:
                 continue
             m = row["metrics"][metric]
@@ -45,12 +45,12 @@ def _lines(ax: Any, at: Lookup, scenario: str, layout: str, metric: str, scale: 
             lo.append((m["median"] - m["min"]) * scale)
             hi.append((m["max"] - m["median"]) * scale)
         if xs:
-            style = "--" if path in ("floor", "memcpy") else "-"
+            style = "--" if route in ("floor", "memcpy") else "-"
             ax.errorbar(
                 xs,
                 ys,
                 yerr=[lo, hi],
-                label=_label(path),
+                label=_label(route),
                 marker="o",
                 ms=3,
                 linestyle=style,
@@ -98,11 +98,11 @@ def draw(result: dict[str, Any], out_dir: str) -> list[str]:
         save(fig, name)
 
     for layout in at.layouts("e2e"):
-        paths = at.paths("e2e")
+        routes = at.routes("e2e")
         size = at.sizes("e2e", layout)[0]
-        rows = [at.rows[("e2e", layout, size, p)]["metrics"] for p in paths]
+        rows = [at.rows[("e2e", layout, size, p)]["metrics"] for p in routes]
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-        names = [_label(p) for p in paths]
+        names = [_label(p) for p in routes]
         left.barh(names, [r["steps_per_s"]["median"] for r in rows])
         left.set_xlabel("steps/s (higher is better)")
         right.barh(names, [r["wait_fraction"]["median"] for r in rows])
@@ -112,11 +112,11 @@ def draw(result: dict[str, Any], out_dir: str) -> list[str]:
         save(fig, "e2e.png")
 
     for layout in at.layouts("memory"):
-        paths = at.paths("memory")
+        routes = at.routes("memory")
         size = at.sizes("memory", layout)[0]
-        rows = [at.rows[("memory", layout, size, p)]["metrics"] for p in paths]
+        rows = [at.rows[("memory", layout, size, p)]["metrics"] for p in routes]
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
-        names = [_label(p) for p in paths]
+        names = [_label(p) for p in routes]
         for i, (metric, scale, title) in enumerate(
             (
                 ("rss_peak", 1 / (1 << 20), "peak RSS MiB"),

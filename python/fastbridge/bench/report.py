@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from .paths import BY_KEY
+from .routes import BY_KEY
 
 MiB = 1 << 20
 SUMMARY_METRICS = (
@@ -54,12 +54,12 @@ def parse_size(text: str) -> int:
 
 
 def summarize(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median, min and max of every metric, per scenario, layout, size and path."""
+    """Median, min and max of every metric, per scenario, layout, size and route."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for s in samples:
-        groups[(s["scenario"], s.get("layout", ""), s.get("size_bytes", 0), s["path"])].append(s)
+        groups[(s["scenario"], s.get("layout", ""), s.get("size_bytes", 0), s["route"])].append(s)
     out = []
-    for (scenario, layout, size, path), group in groups.items():
+    for (scenario, layout, size, route), group in groups.items():
         metrics: dict[str, dict[str, float]] = {}
         for name in SUMMARY_METRICS:
             values = [float(s[name]) for s in group if s.get(name) is not None]
@@ -74,27 +74,27 @@ def summarize(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "scenario": scenario,
                 "layout": layout,
                 "size_bytes": size,
-                "path": path,
-                "path_number": group[0].get("path_number", 0),
-                "label": group[0].get("label", path),
+                "route": route,
+                "route_number": group[0].get("route_number", 0),
+                "label": group[0].get("label", route),
                 "repeats": len(group),
                 "metrics": metrics,
             }
         )
-    out.sort(key=lambda r: (r["scenario"], r["layout"], r["size_bytes"], r["path_number"]))
+    out.sort(key=lambda r: (r["scenario"], r["layout"], r["size_bytes"], r["route_number"]))
     return out
 
 
 class Lookup:
-    """Medians from a summary, by scenario, layout, size, path and metric."""
+    """Medians from a summary, by scenario, layout, size, route and metric."""
 
     def __init__(self, summary: list[dict[str, Any]]) -> None:
-        self.rows = {(r["scenario"], r["layout"], r["size_bytes"], r["path"]): r for r in summary}
+        self.rows = {(r["scenario"], r["layout"], r["size_bytes"], r["route"]): r for r in summary}
 
     def __call__(
-        self, scenario: str, layout: str, size: int, path: str, metric: str
+        self, scenario: str, layout: str, size: int, route: str, metric: str
     ) -> float | None:
-        row = self.rows.get((scenario, layout, size, path))
+        row = self.rows.get((scenario, layout, size, route))
         if row is None or metric not in row["metrics"]:
             return None
         return float(row["metrics"][metric]["median"])
@@ -106,13 +106,13 @@ class Lookup:
         found = {k[1] for k in self.rows if k[0] == scenario}
         return [x for x in ("f32", "dict", "") if x in found] + sorted(found - {"f32", "dict", ""})
 
-    def paths(self, scenario: str) -> list[str]:
-        return sorted({k[3] for k in self.rows if k[0] == scenario}, key=_path_order)
+    def routes(self, scenario: str) -> list[str]:
+        return sorted({k[3] for k in self.rows if k[0] == scenario}, key=_route_order)
 
 
-def _path_order(key: str) -> tuple[int, str]:
-    path = BY_KEY.get(key)
-    return (path.number if path else 100, key)
+def _route_order(key: str) -> tuple[int, str]:
+    route = BY_KEY.get(key)
+    return (route.number if route else 100, key)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -122,15 +122,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 Key = tuple[str, str, int, str]
-"""(scenario, layout, size, path): one cell of the results."""
+"""(scenario, layout, size, route): one cell of the results."""
 
 
 class Ratios:
     """Ratios between two cells of one run.
 
     With raw samples, a ratio is the median over rounds of the ratio within each round
-    (path A's round-k sample over path B's round-k sample): runs of one round are seconds
-    apart, so drift of the machine between rounds cancels, which is why the paths are
+    (route A's round-k sample over route B's round-k sample): runs of one round are seconds
+    apart, so drift of the machine between rounds cancels, which is why the routes are
     interleaved. The range over rounds shows how noisy the ratio is. Without samples (or when
     the rounds do not match), it falls back to the ratio of the medians, with no range.
     """
@@ -141,14 +141,14 @@ class Ratios:
         self.at = Lookup(summary)
         self.rounds: dict[Key, dict[int, dict[str, Any]]] = defaultdict(dict)
         for s in samples or ():
-            key = (s["scenario"], s.get("layout", ""), s.get("size_bytes", 0), s["path"])
+            key = (s["scenario"], s.get("layout", ""), s.get("size_bytes", 0), s["route"])
             self.rounds[key][int(s.get("rep", 0))] = s
 
     def __call__(
         self, a: Key, b: Key, metric: str
     ) -> tuple[float | None, float | None, float | None]:
         """``(median, lowest, highest)`` of ``a / b`` for ``metric``; the range is ``None``
-        when the ratio comes from medians. Only paths of one scenario, layout and size run
+        when the ratio comes from medians. Only routes of one scenario, layout and size run
         interleaved in the same rounds; other pairs (one layout against another) ran minutes
         apart, so their ratio is the ratio of the medians."""
         ra, rb = self.rounds.get(a, {}), self.rounds.get(b, {})
@@ -163,7 +163,7 @@ class Ratios:
 def check_targets(
     summary: list[dict[str, Any]], samples: Iterable[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
-    """Issue 3's targets, each with its measured ratio and met / MISSED (None: not measured).
+    """The benchmark's targets, each with its measured ratio and met / MISSED (None: not measured).
 
     Ratios pair the rounds when ``samples`` are given (see :class:`Ratios`); ``low`` and
     ``high`` are then the lowest and highest ratio over rounds, so a verdict that the noise
@@ -206,12 +206,12 @@ def check_targets(
             ) -> tuple[float | None, float | None, float | None]:
                 return ratio((h, layout, size, a), (h, layout, size, b), metric)
 
-            add("auto consumer time vs path 3", where, c("auto", "dlpack"), "<=", 0.25)
-            add("auto wall time vs path 3", where, c("auto", "dlpack", "wall_s"), "<=", 1.05)
+            add("auto consumer time vs route 3", where, c("auto", "dlpack"), "<=", 0.25)
+            add("auto wall time vs route 3", where, c("auto", "dlpack", "wall_s"), "<=", 1.05)
             if size <= 16 * MiB:
-                add("ring consumer time vs path 3", where, c("ring", "dlpack"), "<=", 0.25)
+                add("ring consumer time vs route 3", where, c("ring", "dlpack"), "<=", 0.25)
             if size >= 64 * MiB:
-                add("ring wall time vs path 3", where, c("ring", "dlpack", "wall_s"), "<=", 1.2)
+                add("ring wall time vs route 3", where, c("ring", "dlpack", "wall_s"), "<=", 1.2)
             if size == 16 * MiB:
                 add(
                     "tutorial copy / auto consumer time",
@@ -223,11 +223,11 @@ def check_targets(
             add("numpy consumer time vs ring", where, c("numpy", "ring"), "<=", 2.0)
     if "dict" in at.layouts(h) and "f32" in at.layouts(h):
         for size in at.sizes(h, "dict"):
-            for path in ("auto", "ring"):
+            for route in ("auto", "ring"):
                 add(
-                    f"6-leaf dict vs 1 leaf, {path} consumer time",
+                    f"6-leaf dict vs 1 leaf, {route} consumer time",
                     size_label(size),
-                    ratio((h, "dict", size, path), (h, "f32", size, path), "consumer_s"),
+                    ratio((h, "dict", size, route), (h, "f32", size, route), "consumer_s"),
                     "<=",
                     2.0,
                 )
@@ -253,14 +253,14 @@ def check_targets(
         for size in at.sizes("e2e", layout):
             # The anchor with the best median is the one to beat; rounds pair against it.
             anchors = [
-                (value, p)
-                for p in ("tutorial", "device_put", "dlpack", "flax_prefetch")
-                if (value := at("e2e", layout, size, p, "steps_per_s")) is not None
+                (value, r)
+                for r in ("tutorial", "device_put", "dlpack", "flax_prefetch")
+                if (value := at("e2e", layout, size, r, "steps_per_s")) is not None
             ]
             best = max(anchors)[1] if anchors else "dlpack"
             add(
                 "end-to-end auto steps/s vs best anchor",
-                f"e2e, vs path {BY_KEY[best].number}",
+                f"e2e, vs route {BY_KEY[best].number}",
                 ratio(("e2e", layout, size, "auto"), ("e2e", layout, size, best), "steps_per_s"),
                 ">=",
                 1.0,
@@ -347,20 +347,20 @@ def tables(summary: list[dict[str, Any]]) -> list[tuple[str, list[str], list[lis
     for scenario, specs in TABLES.items():
         for layout in at.layouts(scenario):
             sizes = at.sizes(scenario, layout)
-            paths = at.paths(scenario)
+            routes = at.routes(scenario)
             for title, metric, fmt in specs:
-                header = ["path", *(size_label(s) for s in sizes)]
+                header = ["route", *(size_label(s) for s in sizes)]
                 if scenario == "e2e":
-                    header = ["path", "value"]
+                    header = ["route", "value"]
                 rows = []
-                for path in paths:
+                for route in routes:
                     cells = [
-                        _cell(at.rows.get((scenario, layout, s, path)), metric, fmt) for s in sizes
+                        _cell(at.rows.get((scenario, layout, s, route)), metric, fmt) for s in sizes
                     ]
                     if all(c == "-" for c in cells):
                         continue
-                    known = BY_KEY.get(path)
-                    name = f"{known.number} {known.label}" if known else path
+                    known = BY_KEY.get(route)
+                    name = f"{known.number} {known.label}" if known else route
                     rows.append([name, *cells])
                 heading = SCENARIO_TITLES[scenario]
                 if layout:
@@ -406,7 +406,7 @@ def target_lines(targets: list[dict[str, Any]]) -> list[tuple[str, str, str, str
 def render_targets_text(targets: list[dict[str, Any]]) -> str:
     rows = target_lines(targets)
     if not rows:
-        return "Targets: none measurable with the chosen paths and scenarios."
+        return "Targets: none measurable with the chosen routes and scenarios."
     table = (
         "Targets (median over rounds of the ratio within each round [lowest-highest])",
         ["target", "goal", "measured", "verdict"],
@@ -493,7 +493,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "### Targets",
         "",
-        "Each ratio pairs the paths round by round (runs seconds apart, so drift cancels): the",
+        "Each ratio pairs the routes round by round (runs seconds apart, so drift cancels): the",
         "median over rounds, with the lowest and highest round in brackets.",
         "",
         "| target | goal | measured | verdict |",

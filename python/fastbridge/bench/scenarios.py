@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .paths import Path, current_stream, leaf_pointers, open_path
+from .routes import Route, current_stream, leaf_pointers, open_route
 
 KiB, MiB = 1 << 10, 1 << 20
 ROWS = 16
@@ -64,7 +64,7 @@ def make_batch(layout: str, nbytes: int, seed: int = 0) -> Any:
         elif dtype == np.bool_:
             out[name] = rng.random(shape) < 0.5
         elif dtype == np.int64:
-            # Within int32: with JAX's x64 mode off every path narrows int64 to int32.
+            # Within int32: with JAX's x64 mode off every route narrows int64 to int32.
             out[name] = rng.integers(-(2**31), 2**31, shape, dtype=np.int64)
         else:
             out[name] = rng.standard_normal(shape).astype(dtype)
@@ -220,21 +220,21 @@ def _close(iterator: Iterator[Any]) -> None:
         close()
 
 
-def _consumer_copied(path: Path, first: Any, second: Any) -> int:
-    """Bytes per batch the consumer's thread copied, for anchor paths: the dataset repeats one
+def _consumer_copied(route: Route, first: Any, second: Any) -> int:
+    """Bytes per batch the consumer's thread copied, for anchor routes: the dataset repeats one
     cached buffer, so a leaf that aliases it has the same address in two live batches."""
-    if path.kind != "anchor":
+    if route.kind != "anchor":
         return 0  # fastbridge copies (if at all) on its producer thread; the floor never does
     total = 0
     leaves = jax.tree_util.tree_leaves(first)
     for leaf, a, b in zip(leaves, leaf_pointers(first), leaf_pointers(second), strict=True):
-        if path.key == "tutorial" or a != b:
+        if route.key == "tutorial" or a != b:
             total += int(leaf.nbytes)
     return total
 
 
 def measure(
-    path: Path,
+    route: Route,
     ds: Any,
     *,
     batches: int,
@@ -245,17 +245,17 @@ def measure(
     probe_copies: bool = False,
     stream_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``path`` over ``ds`` for ``warmup + batches`` batches and measure the last ones.
+    """Run ``route`` over ``ds`` for ``warmup + batches`` batches and measure the last ones.
 
     With a ``step``, each batch goes through it and the step is waited for, as in training.
-    The floor path yields NumPy, so its step runs on ``resident`` (the same batch already in
+    The floor route yields NumPy, so its step runs on ``resident`` (the same batch already in
     JAX): the same work without any handoff.
     """
     # Young generations only: a full collection costs ~0.15 s with TensorFlow loaded, more than
     # many runs; the previous run's batches and slots are freed by reference counting anyway.
     gc.collect(1)
     state = initial_state()
-    iterator = open_path(path, ds, **(stream_options or {}))
+    iterator = open_route(route, ds, **(stream_options or {}))
     copied = 0
     producer_copied0 = 0
     try:
@@ -265,9 +265,9 @@ def measure(
             if probe_copies and i == warmup - 2:
                 held = batch
             if probe_copies and i == warmup - 1 and held is not None:
-                copied = _consumer_copied(path, held, batch)
+                copied = _consumer_copied(route, held, batch)
                 held = None
-            state = _consume(state, batch, step, path, resident)
+            state = _consume(state, batch, step, route, resident)
         del batch
         live = current_stream(iterator)
         if live is not None:
@@ -283,7 +283,7 @@ def measure(
                 item = next(iterator)
                 times.append(time.perf_counter() - started)
                 batch = item
-                state = _consume(state, batch, step, path, resident)
+                state = _consume(state, batch, step, route, resident)
             wall = time.perf_counter() - wall0
             cpu = time.process_time() - cpu0
             faults = minor_faults() - faults0
@@ -292,7 +292,7 @@ def measure(
         producer_copied = 0
         if live is not None:
             producer_copied = (live.stats.bytes_copied - producer_copied0) // batches
-        backend = live.backend if live is not None else path.key
+        backend = live.backend if live is not None else route.key
     finally:
         _close(iterator)
     result: dict[str, Any] = {
@@ -314,17 +314,17 @@ def measure(
     return result
 
 
-def _consume(state: jax.Array, batch: Any, step: Step | None, path: Path, resident: Any) -> Any:
+def _consume(state: jax.Array, batch: Any, step: Step | None, route: Route, resident: Any) -> Any:
     if step is None:
-        if path.kind != "floor":
+        if route.kind != "floor":
             _block(batch)
         return state
-    state = step(state, resident if path.kind == "floor" else batch)
+    state = step(state, resident if route.kind == "floor" else batch)
     state.block_until_ready()
     return state
 
 
-# -- memcpy and slot fills (the physical limit for any path that copies) ----------------------
+# -- memcpy and slot fills (the physical limit for any route that copies) ----------------------
 def _touched(nbytes: int) -> np.ndarray:
     out = np.empty(nbytes, np.uint8)
     out.fill(1)  # fault every page in now, not inside the timed copies
@@ -416,7 +416,7 @@ def e2e_dataset(records: int, batch: int, seed: int = 0) -> Any:
 
     ds = tf.data.Dataset.from_tensor_slices((encoded, labels)).repeat()
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    # Every path opens its own iterator, which refills the shuffle buffer: keep it a few batches.
+    # Every route opens its own iterator, which refills the shuffle buffer: keep it a few batches.
     ds = ds.shuffle(4 * batch, seed=seed).batch(batch, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -462,7 +462,7 @@ def mlp_step(hidden: int, batch: int) -> tuple[Step, Callable[[], Any]]:
 
 
 def measure_e2e(
-    path: Path,
+    route: Route,
     ds: Any,
     *,
     steps: int,
@@ -471,14 +471,14 @@ def measure_e2e(
     init: Callable[[], Any],
     resident: Any,
 ) -> dict[str, Any]:
-    """Train ``steps`` steps on ``path``'s batches: steps/s and the share spent waiting."""
+    """Train ``steps`` steps on ``route``'s batches: steps/s and the share spent waiting."""
     gc.collect(1)
     params = init()
-    iterator = open_path(path, ds)
+    iterator = open_route(route, ds)
     try:
         for _ in range(warmup):
             batch = next(iterator)
-            params = step(params, resident if path.kind == "floor" else batch)
+            params = step(params, resident if route.kind == "floor" else batch)
         _block(params)
         times: list[float] = []
         with RssSampler() as sampler:
@@ -489,7 +489,7 @@ def measure_e2e(
                 times.append(time.perf_counter() - started)
                 batch = item
                 # The floor measures the pipeline alone: it drops the batch and skips the step.
-                if path.kind != "floor":
+                if route.kind != "floor":
                     params = step(params, batch)
                     _block(params)
             wall = time.perf_counter() - wall0

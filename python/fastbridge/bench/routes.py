@@ -1,7 +1,7 @@
-"""The nine ways to hand a ``tf.data`` batch to JAX that the benchmark compares.
+"""The nine routes (ways to hand a ``tf.data`` batch to JAX) that the benchmark compares.
 
-Each path is a generator of batches. The benchmark times only the ``next()`` call on it, so
-whatever a path does on the consumer's thread (``jnp.array``, ``device_put``, a DLPack import)
+Each route is a generator of batches. The benchmark times only the ``next()`` call on it, so
+whatever a route does on the consumer's thread (``jnp.array``, ``device_put``, a DLPack import)
 counts as consumer-visible time, and whatever it does in a background thread does not.
 """
 
@@ -21,7 +21,7 @@ from .. import stream
 
 
 @dataclasses.dataclass(frozen=True)
-class Path:
+class Route:
     """One way of turning dataset elements into JAX arrays."""
 
     number: int
@@ -67,7 +67,7 @@ def _flax_prefetch(ds: Any, size: int = 2) -> Iterator[Any]:
 
 
 class _StreamIterator(Iterator[Any]):
-    """A fastbridge stream as a path; keeps the ``Stream`` reachable for its stats."""
+    """A fastbridge stream as a route; keeps the ``Stream`` reachable for its stats."""
 
     def __init__(self, ds: Any, backend: str, **options: Any) -> None:
         self.stream = stream(ds, backend=backend, **options)  # type: ignore[arg-type]
@@ -79,7 +79,7 @@ class _StreamIterator(Iterator[Any]):
         self.stream.close()
 
 
-def _stream_path(backend: str) -> Callable[..., Iterator[Any]]:
+def _stream_route(backend: str) -> Callable[..., Iterator[Any]]:
     def run(ds: Any, **options: Any) -> Iterator[Any]:
         return _StreamIterator(ds, backend, **options)
 
@@ -88,75 +88,78 @@ def _stream_path(backend: str) -> Callable[..., Iterator[Any]]:
 
 
 def _floor(ds: Any) -> Iterator[Any]:
-    # Iterating the dataset and touching nothing: the cost no path can go below.
+    # Iterating the dataset and touching nothing: the cost no route can go below.
     yield from ds.as_numpy_iterator()
 
 
-PATHS: tuple[Path, ...] = (
-    Path(1, "tutorial", "tutorial copy (jnp.array per leaf)", "anchor", _tutorial_copy),
-    Path(2, "device_put", "as_numpy_iterator + device_put", "anchor", _device_put),
-    Path(3, "dlpack", "EagerTensor -> jax.dlpack (by hand)", "anchor", _dlpack),
-    Path(4, "flax_prefetch", "flax-style deque of device_put (2)", "anchor", _flax_prefetch),
-    Path(5, "ring", "fastbridge ring", "fastbridge", _stream_path("ring")),
-    Path(6, "numpy", "fastbridge numpy", "fastbridge", _stream_path("numpy")),
-    Path(7, "direct", "fastbridge direct", "fastbridge", _stream_path("direct")),
-    Path(8, "auto", "fastbridge auto", "fastbridge", _stream_path("auto")),
-    Path(9, "floor", "floor: as_numpy_iterator only", "floor", _floor),
+ROUTES: tuple[Route, ...] = (
+    Route(1, "tutorial", "tutorial copy (jnp.array per leaf)", "anchor", _tutorial_copy),
+    Route(2, "device_put", "as_numpy_iterator + device_put", "anchor", _device_put),
+    Route(3, "dlpack", "EagerTensor -> jax.dlpack (by hand)", "anchor", _dlpack),
+    Route(4, "flax_prefetch", "flax-style deque of device_put (2)", "anchor", _flax_prefetch),
+    Route(5, "ring", "fastbridge ring", "fastbridge", _stream_route("ring")),
+    Route(6, "numpy", "fastbridge numpy", "fastbridge", _stream_route("numpy")),
+    Route(7, "direct", "fastbridge direct", "fastbridge", _stream_route("direct")),
+    Route(8, "auto", "fastbridge auto", "fastbridge", _stream_route("auto")),
+    Route(9, "floor", "floor: as_numpy_iterator only", "floor", _floor),
 )
-BY_KEY: dict[str, Path] = {p.key: p for p in PATHS}
+BY_KEY: dict[str, Route] = {r.key: r for r in ROUTES}
 
 
-def resolve(names: str | list[str] | None) -> list[Path]:
-    """Paths from a comma-separated list of numbers or keys (``None`` or ``all``: every path)."""
+def resolve(names: str | list[str] | None) -> list[Route]:
+    """Routes from a comma-separated list of numbers or keys (``None`` or ``all``: every route)."""
     if names is None:
-        return list(PATHS)
+        return list(ROUTES)
     items = names.split(",") if isinstance(names, str) else list(names)
-    chosen: list[Path] = []
+    chosen: list[Route] = []
     for raw in items:
         name = raw.strip()
         if not name:
             continue
         if name == "all":
-            return list(PATHS)
-        if name.isdigit() and 1 <= int(name) <= len(PATHS):
-            path = PATHS[int(name) - 1]
+            return list(ROUTES)
+        if name.isdigit() and 1 <= int(name) <= len(ROUTES):
+            route = ROUTES[int(name) - 1]
         elif name in BY_KEY:
-            path = BY_KEY[name]
+            route = BY_KEY[name]
         else:
-            known = ", ".join(f"{p.number}/{p.key}" for p in PATHS)
-            raise ValueError(f"unknown path {name!r}; choose from {known}")
-        if path not in chosen:
-            chosen.append(path)
+            known = ", ".join(f"{r.number}/{r.key}" for r in ROUTES)
+            raise ValueError(f"unknown route {name!r}; choose from {known}")
+        if route not in chosen:
+            chosen.append(route)
     if not chosen:
-        raise ValueError("no path chosen")
+        raise ValueError("no route chosen")
     # Keep the canonical order so every table reads the same way.
-    return sorted(chosen, key=lambda p: p.number)
+    return sorted(chosen, key=lambda r: r.number)
 
 
-def open_path(path: Path, ds: Any, **stream_options: Any) -> Iterator[Any]:
-    """A fresh iterator of batches for ``path`` over ``ds``."""
-    if path.kind == "fastbridge":
-        return path.open(ds, **stream_options)
-    return path.open(ds)
+def open_route(route: Route, ds: Any, **stream_options: Any) -> Iterator[Any]:
+    """A fresh iterator of batches for ``route`` over ``ds``."""
+    if route.kind == "fastbridge":
+        return route.open(ds, **stream_options)
+    return route.open(ds)
 
 
 def current_stream(iterator: Iterator[Any]) -> Any:
-    """The ``Stream`` behind a fastbridge path's iterator, or ``None`` for other paths."""
+    """The ``Stream`` behind a fastbridge route's iterator, or ``None`` for other routes."""
     return getattr(iterator, "stream", None)
 
 
-def to_numpy(batch: Any) -> Any:
-    """A host copy of a delivered batch, for comparing paths."""
+def host_copy(batch: Any) -> Any:
+    """A NumPy copy of every leaf of a delivered batch, for comparing routes.
+
+    Not :func:`fastbridge.to_numpy` (which converts a whole dataset): this copies one batch.
+    """
     return jax.tree_util.tree_map(lambda leaf: np.array(leaf), batch)
 
 
-def collect(path: Path, ds: Any, limit: int | None = None, **stream_options: Any) -> list[Any]:
-    """Every batch ``path`` delivers for ``ds`` (up to ``limit``), copied to NumPy."""
-    iterator = open_path(path, ds, **stream_options)
+def collect(route: Route, ds: Any, limit: int | None = None, **stream_options: Any) -> list[Any]:
+    """Every batch ``route`` delivers for ``ds`` (up to ``limit``), copied to NumPy."""
+    iterator = open_route(route, ds, **stream_options)
     out: list[Any] = []
     try:
         for batch in iterator:
-            out.append(to_numpy(batch))
+            out.append(host_copy(batch))
             if limit is not None and len(out) >= limit:
                 break
     finally:
