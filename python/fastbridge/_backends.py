@@ -20,18 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._leaves import (
-    _DL_BFLOAT,
     CAST,
     COPY,
+    DL_BFLOAT,
     Flattener,
     LeafSpec,
-    _is_opaque,
-    _is_string_array,
     as_array,
     checked_cast,
     checked_narrow,
     dtype_changed,
     host_view,
+    is_opaque,
+    is_string_array,
     overflow_error,
 )
 from ._multihost import global_shape
@@ -245,7 +245,7 @@ class SlotConverter:
                 leaf, spec = leaves[i], specs[i]
                 code, bits = spec.dlpack
                 shape = [stop - start, *leaf.shape[1:]] if leaf.ndim else []
-                bfloat = code == _DL_BFLOAT
+                bfloat = code == DL_BFLOAT
                 for device in devices:
                     # The DLPack device id must name the CPU device the shard lands on.
                     hardware_id = device.local_hardware_id if self.on_cpu else 0
@@ -335,13 +335,13 @@ class DirectConverter:
         return sum(out[i].nbytes for i in positions)
 
     def _from_tensors(self, item: Any, index: int, tf: Any) -> tuple[Any, int]:
-        pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=_is_opaque)
-        if not self._checked or treedef != self.flatten._treedef:
+        pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=is_opaque)
+        if not self._checked or treedef != self.flatten.treedef:
             # Check structure and dtypes on NumPy views (no copy) of the first batch, and of any
             # batch whose structure differs (to raise the same message as NumPy sources).
-            self.flatten(jax.tree_util.tree_map(_to_numpy, item, is_leaf=_is_opaque), index)
+            self.flatten(jax.tree_util.tree_map(_to_numpy, item, is_leaf=is_opaque), index)
             self._checked = True
-        specs = self.flatten._specs
+        specs = self.flatten.specs
         out: list[Any] = []
         todo: list[tuple[int, Any, LeafSpec]] = []
         for (path, leaf), spec in zip(pairs, specs, strict=True):
@@ -353,7 +353,7 @@ class DirectConverter:
                     out.append(leaf.numpy())
                     continue
                 strings = as_array(leaf, self.flatten.name(path))
-                if not _is_string_array(strings):
+                if not is_string_array(strings):
                     raise dtype_changed(spec, strings.dtype, index)
                 out.append(strings)
                 continue
@@ -385,11 +385,11 @@ def _numpy_dtype(tf_dtype: Any) -> np.dtype:
 
 def _to_numpy(leaf: Any) -> Any:
     # ``np.asarray`` of an EagerTensor is a view of its buffer; ``.numpy()`` is a copy.
-    return host_view(leaf) if hasattr(leaf, "numpy") and not _is_opaque(leaf) else leaf
+    return host_view(leaf) if hasattr(leaf, "numpy") and not is_opaque(leaf) else leaf
 
 
 def _has_tensors(item: Any, tf: Any) -> bool:
-    leaves = jax.tree_util.tree_leaves(item, is_leaf=_is_opaque)
+    leaves = jax.tree_util.tree_leaves(item, is_leaf=is_opaque)
     return any(isinstance(leaf, (tf.Tensor, tf.RaggedTensor, tf.SparseTensor)) for leaf in leaves)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -18,7 +18,7 @@ COPY, F64_TO_F32, I64_TO_I32, U64_TO_U32, C128_TO_C64 = range(5)
 CAST = -1
 
 # DLPack type codes (dlpack.h).
-_DL_INT, _DL_UINT, _DL_FLOAT, _DL_BFLOAT, _DL_COMPLEX, _DL_BOOL = 0, 1, 2, 4, 5, 6
+DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT, DL_COMPLEX, DL_BOOL = 0, 1, 2, 4, 5, 6
 
 _NARROWING = {
     np.dtype(np.float64): (np.dtype(np.float32), F64_TO_F32),
@@ -33,7 +33,7 @@ _OPAQUE_TYPE_NAMES = frozenset(
 )
 
 
-def _is_opaque(x: Any) -> bool:
+def is_opaque(x: Any) -> bool:
     return type(x).__name__ in _OPAQUE_TYPE_NAMES
 
 
@@ -45,10 +45,10 @@ def path_name(path: Sequence[Any]) -> str:
 def dlpack_type(dtype: np.dtype) -> tuple[int, int] | None:
     """(DLPack code, bits) of a NumPy dtype, or None when DLPack cannot carry it."""
     if dtype == np.bool_:
-        return (_DL_BOOL, 8)
+        return (DL_BOOL, 8)
     if dtype.name == "bfloat16":
-        return (_DL_BFLOAT, 16)
-    code = {"i": _DL_INT, "u": _DL_UINT, "f": _DL_FLOAT, "c": _DL_COMPLEX}.get(dtype.kind)
+        return (DL_BFLOAT, 16)
+    code = {"i": DL_INT, "u": DL_UINT, "f": DL_FLOAT, "c": DL_COMPLEX}.get(dtype.kind)
     if code is None:
         return None
     return (code, dtype.itemsize * 8)
@@ -73,7 +73,7 @@ class LeafSpec:
         return COPY if self.conversion == CAST else self.conversion
 
 
-def _is_string_array(x: np.ndarray) -> bool:
+def is_string_array(x: np.ndarray) -> bool:
     if x.dtype.kind in "SU":
         return True
     if x.dtype.kind == "O":
@@ -118,7 +118,7 @@ def _needs_x64(target: np.dtype) -> bool:
 
 def _spec(path: str, leaf: np.ndarray, x64: bool, dtypes: DtypePolicy = "canonical") -> LeafSpec:
     dtype = leaf.dtype
-    if _is_string_array(leaf):
+    if is_string_array(leaf):
         if isinstance(dtypes, Mapping) and path in dtypes:
             raise ValueError(
                 f"dtypes[{path!r}] = {dtypes[path]!r}: leaf {path} holds strings, which pass "
@@ -160,7 +160,7 @@ def as_array(leaf: Any, path: str) -> np.ndarray:
     """A leaf as a C-contiguous, native-byte-order NumPy array (copies only when it must)."""
     if isinstance(leaf, np.ndarray):
         arr = leaf
-    elif _is_opaque(leaf):
+    elif is_opaque(leaf):
         raise UnsupportedLeafError(
             f"leaf {path} is a {type(leaf).__name__}: ragged and sparse tensors have no dense "
             "layout; convert them first (e.g. .to_tensor() or tf.sparse.to_dense)",
@@ -196,6 +196,16 @@ def _little() -> bool:
     return bool(np.little_endian)
 
 
+def flat_arrays(
+    item: Any, name: Callable[[Sequence[Any]], str] = path_name
+) -> tuple[Any, list[str], list[np.ndarray]]:
+    """A pytree's structure, its leaves' names (``name`` of each key path) and its leaves as
+    arrays (``as_array``: ragged, sparse and non-array leaves raise ``UnsupportedLeafError``)."""
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=is_opaque)
+    paths = [name(p) for p, _ in pairs]
+    return treedef, paths, [as_array(leaf, n) for n, (_, leaf) in zip(paths, pairs, strict=True)]
+
+
 @dataclasses.dataclass
 class Flat:
     """One batch, flattened."""
@@ -219,9 +229,7 @@ class Flattener:
         self._specs: list[LeafSpec] = []
 
     def __call__(self, item: Any, index: int) -> Flat:
-        pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=_is_opaque)
-        paths = [self.name(p) for p, _ in pairs]
-        leaves = [as_array(leaf, name) for name, (_, leaf) in zip(paths, pairs, strict=True)]
+        treedef, paths, leaves = flat_arrays(item, self.name)
         if self._treedef is None:
             self._treedef, self._paths = treedef, paths
             self._specs = [
@@ -239,13 +247,23 @@ class Flattener:
         else:
             for spec, arr in zip(self._specs, leaves, strict=True):
                 if arr.dtype != spec.source_dtype and not (
-                    spec.passthrough and _is_string_array(arr)
+                    spec.passthrough and is_string_array(arr)
                 ):
                     raise dtype_changed(spec, arr.dtype, index)
         for i, spec in enumerate(self._specs):
             if spec.conversion == CAST:
                 leaves[i] = checked_cast(leaves[i], spec)
         return Flat(self._treedef, leaves, self._specs)
+
+    @property
+    def treedef(self) -> Any:
+        """The first batch's structure (``None`` before the first batch)."""
+        return self._treedef
+
+    @property
+    def specs(self) -> list[LeafSpec]:
+        """What happens to each leaf, decided from the first batch (empty before it)."""
+        return self._specs
 
     def name(self, path: Sequence[Any]) -> str:
         """A leaf's name in messages and in ``dtypes=``: with ``pad_last`` the batch arrives

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._leaves import _is_opaque, host_view, path_name
+from ._leaves import host_view, is_opaque, path_name
 
 
 def _blank(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -39,7 +39,7 @@ class Padder:
 
     def __call__(self, item: Any) -> tuple[Any, Any]:
         tf = sys.modules.get("tensorflow")
-        pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=_is_opaque)
+        pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=is_opaque)
         rows = {path_name(p): _leading(leaf) for p, leaf in pairs}
         sizes = {n for n in rows.values() if n is not None}
         if len(sizes) != 1:
@@ -81,6 +81,6 @@ class Padder:
         process that ran out of data yields while the others still have batches."""
         padded, _ = self(item)
         zeros = jax.tree_util.tree_map(
-            lambda leaf: _blank(host_view(leaf), np.shape(leaf)), padded, is_leaf=_is_opaque
+            lambda leaf: _blank(host_view(leaf), np.shape(leaf)), padded, is_leaf=is_opaque
         )
         return zeros, np.zeros(self.full or 0, np.bool_)

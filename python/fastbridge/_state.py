@@ -31,13 +31,20 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import io
 import math
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ._leaves import host_view
+from .convert._npy import (
+    dtype_named,
+    from_npy_bytes,
+    is_ml_dtype,
+    npy_storable,
+    restore_ml_dtype,
+    to_npy_bytes,
+)
 
 STATE_VERSION = 2
 _VERSIONS = (1, 2)  # version 1 states (no "skip") resume as before
@@ -215,17 +222,14 @@ def decode_value(value: Any) -> Any:
 # -- read-ahead batches (checkpoint=True) ---------------------------------------------------
 
 
-def _npy(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def _npy_text(array: np.ndarray) -> str:
+    return base64.b64encode(to_npy_bytes(array)).decode("ascii")
 
 
-def _load_npy(text: Any) -> np.ndarray:
+def _from_npy_text(text: Any) -> np.ndarray:
     # Never allow_pickle: a state may come from an untrusted file.
     try:
-        raw = base64.b64decode(text, validate=True)
-        array: np.ndarray = np.load(io.BytesIO(raw), allow_pickle=False)
+        array = from_npy_bytes(base64.b64decode(text, validate=True))
     except (binascii.Error, TypeError, ValueError, OSError, EOFError) as error:
         raise ValueError(f"not a base64 .npy array ({type(error).__name__})") from None
     return array
@@ -249,13 +253,12 @@ def _encode_leaf(leaf: Any) -> str | dict[str, str]:
         lengths = np.array([len(v) for v in values], dtype=np.int64).reshape(array.shape)
         return {
             "dtype": "string",
-            "lengths": _npy(lengths),
+            "lengths": _npy_text(lengths),
             "data": base64.b64encode(b"".join(values)).decode("ascii"),
         }
     if array.dtype.kind == "V":
-        bits = np.dtype(f"u{array.dtype.itemsize}")
-        return {"dtype": array.dtype.name, "npy": _npy(array.view(bits))}
-    return _npy(array)
+        return {"dtype": array.dtype.name, "npy": _npy_text(npy_storable(array))}
+    return _npy_text(array)
 
 
 def _decode_leaf(encoded: Any, spec: Any) -> np.ndarray:
@@ -268,14 +271,13 @@ def _decode_leaf(encoded: Any, spec: Any) -> np.ndarray:
     else:
         dtype = np.dtype(spec.dtype.as_numpy_dtype)
         if isinstance(encoded, str):
-            array = _load_npy(encoded)
+            array = _from_npy_text(encoded)
         elif isinstance(encoded, dict) and encoded.get("dtype") == dtype.name:
-            array = _load_npy(encoded.get("npy"))
+            array = _from_npy_text(encoded.get("npy"))
         else:
             raise ValueError(f"expected a {dtype.name} leaf")
-        if dtype.kind == "V" and array.dtype != dtype and array.dtype.itemsize == dtype.itemsize:
-            # ML dtypes come back as unsigned integers (or as raw V bytes from older states).
-            array = array.view(dtype)
+        # ML dtypes come back as unsigned integers (or as raw V bytes from older states).
+        array = restore_ml_dtype(array, dtype)
         if array.dtype != dtype:
             raise ValueError(f"a {array.dtype} leaf where the dataset has {dtype}")
     if not spec.shape.is_compatible_with(array.shape):
@@ -284,7 +286,7 @@ def _decode_leaf(encoded: Any, spec: Any) -> np.ndarray:
 
 
 def _decode_strings(encoded: dict[str, Any]) -> np.ndarray:
-    lengths = _load_npy(encoded.get("lengths"))
+    lengths = _from_npy_text(encoded.get("lengths"))
     try:
         data = base64.b64decode(encoded.get("data"), validate=True)  # type: ignore[arg-type]
     except (binascii.Error, TypeError):
@@ -338,12 +340,12 @@ def decode_items(encoded: list[list[Any]], element_spec: Any, numpy: bool = True
 def _decode_any_leaf(encoded: Any) -> np.ndarray:
     """A leaf ``_encode_leaf`` saved, whatever its dtype (source states say it themselves)."""
     if isinstance(encoded, str):
-        return _load_npy(encoded)
+        return _from_npy_text(encoded)
     if isinstance(encoded, dict) and encoded.get("dtype") == "string":
         return _decode_strings(encoded)
     if isinstance(encoded, dict) and isinstance(encoded.get("dtype"), str):
-        import ml_dtypes
-
-        dtype = np.dtype(getattr(ml_dtypes, encoded["dtype"]))
-        return _load_npy(encoded["npy"]).view(dtype)
+        dtype = dtype_named(encoded["dtype"])
+        if dtype is None or not is_ml_dtype(dtype):
+            raise ValueError(f"{encoded['dtype']!r} is not an ml_dtypes dtype")
+        return restore_ml_dtype(_from_npy_text(encoded["npy"]), dtype)
     raise ValueError("not an encoded array")

@@ -33,6 +33,11 @@ def cardinality(ds: Any) -> int | None:
     return n if n >= 0 else None
 
 
+def is_infinite(ds: Any) -> bool:
+    """Whether tf.data knows that ``ds`` never ends (``ds.repeat()`` without a count)."""
+    return bool(int(ds.cardinality()) == tf_module().data.INFINITE_CARDINALITY)
+
+
 _SKIP_MAX = 2**31 - 1
 MAX_REPLAY = 2**40
 """The most batches a replayed resume skips: tf.data reads every skipped element (about
