@@ -369,8 +369,9 @@ def copy_rates(
     memcpy = ParallelCopy(threads)
     ways: dict[str, Callable[[], object]] = {"memcpy": lambda: memcpy(dest, source)}
     if core_available():
-        from .. import _core
+        from .._native import core as _core
 
+        assert _core is not None
         ways["copy_into"] = lambda: _core.copy_into(dest, 0, source, 0, threads)
         ring = _core.SlotPool(slots=2, copy_threads=threads)
         work = [(source, 0, 0)]

@@ -17,10 +17,7 @@ from ._tensors import encode, tf_dtype
 if TYPE_CHECKING:
     import tensorflow as tf
 
-try:
-    from .. import _core
-except ImportError:  # pure-Python install: NumPy copies instead
-    _core = None  # type: ignore[assignment]
+from .._native import core as _core  # None without the extension: NumPy copies instead
 
 
 def from_numpy(

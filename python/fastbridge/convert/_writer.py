@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from .._leaves import astype_checked, flat_arrays, is_string_array, path_name
+from .._native import core as _core  # None without the extension: NumPy copies instead
 from ..errors import (
     ConversionError,
     LeafOverflowError,
@@ -20,11 +21,6 @@ from ..errors import (
 )
 from ._directory import file_name, tree_json, write_manifest
 from ._storage import FileStorage, RamStorage, Storage
-
-try:
-    from .. import _core
-except ImportError:  # pure-Python install: NumPy copies instead
-    _core = None  # type: ignore[assignment]
 
 # Conversion codes of ``_core.copy_into`` (same as ``_leaves``).
 _COPY = 0
