@@ -29,12 +29,12 @@ from ._leaves import (
     as_array,
     checked_cast,
     checked_narrow,
+    core_overflow,
     dtype_changed,
     host_view,
-    overflow_error,
 )
 from ._multihost import global_shape
-from .errors import ShardingError
+from .errors import CoreRangeError, ShardingError
 
 LEAF_ALIGN = 64
 
@@ -222,9 +222,8 @@ class SlotConverter:
                 work.append((source, offset, spec.fill_code))
             try:
                 slot.fill(work)
-            except OverflowError as error:
-                block, value = error.args
-                raise overflow_error(specs[plan[block][0]], value) from None
+            except CoreRangeError as error:
+                raise core_overflow(error, [specs[block[0]] for block in plan]) from None
             shards: dict[int, list[jax.Array]] = {}
             for i, start, stop, devices, offset in plan:
                 leaf, spec = leaves[i], specs[i]

@@ -9,7 +9,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from .errors import LeafOverflowError, StructureChangedError, UnsupportedLeafError
+from .errors import (
+    CoreRangeError,
+    LeafOverflowError,
+    StructureChangedError,
+    UnsupportedLeafError,
+)
 
 # Conversion codes understood by the Rust core (``Slot.fill``) and mirrored by the NumPy ring.
 COPY, F64_TO_F32, I64_TO_I32, U64_TO_U32, C128_TO_C64 = range(5)
@@ -289,6 +294,12 @@ def overflow_error(spec: LeafSpec, value: str) -> LeafOverflowError:
     return _does_not_fit(spec.path, value, spec.target_dtype, why)
 
 
+def core_overflow(error: CoreRangeError, specs: Sequence[LeafSpec]) -> LeafOverflowError:
+    """The user-facing error for the core's ``CoreRangeError``: ``specs[error.leaf]`` is the
+    spec of the leaf the core was given at that index."""
+    return overflow_error(specs[error.leaf], error.value)
+
+
 def _does_not_fit(path: str, value: Any, target: np.dtype, why: str) -> LeafOverflowError:
     return LeafOverflowError(
         f"leaf {path} has value {value}, which does not fit {target} ({why}", path
@@ -366,8 +377,8 @@ def checked_narrow(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
             source = np.ascontiguousarray(arr).reshape(-1)
             try:
                 _core.copy_into(out.reshape(-1).view(np.uint8), 0, source, spec.conversion)
-            except OverflowError as error:
-                raise overflow_error(spec, error.args[1]) from None
+            except CoreRangeError as error:
+                raise core_overflow(error, [spec]) from None
             return out
     if spec.conversion in (I64_TO_I32, U64_TO_U32) and arr.size:
         info = np.iinfo(spec.target_dtype)

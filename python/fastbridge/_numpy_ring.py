@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._leaves import C128_TO_C64, COPY, F64_TO_F32, I64_TO_I32, U64_TO_U32
-from .errors import PoolExhaustedError, StreamClosedError
+from .errors import CoreRangeError, PoolExhaustedError, SlotTimeoutError, StreamClosedError
 
 PAGE_SIZE = 4096
 LEAF_ALIGN = 64
@@ -108,7 +108,7 @@ class NumpySlot:
                 info = np.iinfo(target)
                 lo, hi = array.min(), array.max()
                 if lo < info.min or hi > info.max:
-                    raise OverflowError(index, str(lo if lo < info.min else hi))
+                    raise CoreRangeError(index, str(lo if lo < info.min else hi))
             self._ring._copy(dest, array)
             copied += nbytes
         self._ring._count_fill(copied, time.perf_counter() - started)
@@ -297,7 +297,7 @@ class NumpySlotPool:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise StreamClosedError("timed out waiting for a free slot")
+                    raise SlotTimeoutError("timed out waiting for a free slot")
                 self._cond.wait(remaining)
             self._leased += 1
         return NumpySlot(self, slot)

@@ -29,6 +29,7 @@ from ._leaves import _is_opaque, _is_string_array, as_array, astype_checked, pat
 from ._tfdata import FROM_NUMPY_OP
 from .errors import (
     ConversionError,
+    CoreRangeError,
     LeafOverflowError,
     MemmapPathError,
     StructureChangedError,
@@ -641,8 +642,8 @@ class _Writer:
             source = arr.reshape(-1).view(np.uint8)
             try:
                 _core.copy_into(dest, offset, source, leaf.code, _COPY_THREADS)
-            except OverflowError as e:
-                raise self._overflow(leaf, _overflow_value(e), index) from None
+            except CoreRangeError as e:
+                raise self._overflow(leaf, e.value, index) from None
             return
         target = dest[offset : offset + nbytes].view(leaf.target).reshape(arr.shape)
         if leaf.target.kind in "iu" and arr.dtype.kind in "iu":
@@ -697,14 +698,6 @@ class _Writer:
         if self.directory is not None:
             for i, leaf in enumerate(self.leaves):
                 (self.directory / _file_name(i, leaf.path)).unlink(missing_ok=True)
-
-
-def _overflow_value(error: OverflowError) -> str:
-    """The value in the core's ``OverflowError(leaf_index, value_str)``."""
-    args = error.args
-    if len(args) == 1 and isinstance(args[0], tuple):
-        args = args[0]
-    return str(args[1]) if len(args) >= 2 else str(error)
 
 
 def _file_name(index: int, path: str) -> str:
