@@ -1,10 +1,13 @@
 //! Copy kernels: leaves from Python buffers into a slot, converting dtypes in the same pass.
 //!
-//! One of the crate's four `unsafe` modules: sources are raw pointers into buffers that Python
-//! owns (kept alive and exported by the caller for the whole call), read with unaligned loads
+//! One of the crate's four `unsafe` modules (with [`crate::memory`], [`crate::dlpack`] and
+//! [`crate::cuda`]): sources are raw pointers into buffers that Python
+//! owns (kept exported by a borrow of the export for the whole copy), read with unaligned loads
 //! and never turned into Rust references, because other Python threads may legally write to
 //! them while the GIL is released (the values are then whatever NumPy's own copy would see).
 
+use pyo3::buffer::PyUntypedBuffer;
+use std::marker::PhantomData;
 use std::ptr;
 
 /// What to do with each element on the way into the slot.
@@ -23,15 +26,43 @@ pub enum Conversion {
 }
 
 impl Conversion {
+    /// Every conversion, in code order: the code Python passes is the index.
+    pub const ALL: [Self; 5] = [
+        Self::Copy,
+        Self::F64ToF32,
+        Self::I64ToI32,
+        Self::U64ToU32,
+        Self::C128ToC64,
+    ];
+
     pub fn from_code(code: u8) -> Option<Self> {
-        Some(match code {
-            0 => Self::Copy,
-            1 => Self::F64ToF32,
-            2 => Self::I64ToI32,
-            3 => Self::U64ToU32,
-            4 => Self::C128ToC64,
-            _ => return None,
-        })
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The name Python knows the code by (`_core.CONVERSIONS`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Copy => "copy",
+            Self::F64ToF32 => "f64_to_f32",
+            Self::I64ToI32 => "i64_to_i32",
+            Self::U64ToU32 => "u64_to_u32",
+            Self::C128ToC64 => "c128_to_c64",
+        }
+    }
+
+    /// (source, target) NumPy dtype names of a narrowing; `None` for the plain copy.
+    pub fn dtypes(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Copy => None,
+            Self::F64ToF32 => Some(("float64", "float32")),
+            Self::I64ToI32 => Some(("int64", "int32")),
+            Self::U64ToU32 => Some(("uint64", "uint32")),
+            Self::C128ToC64 => Some(("complex128", "complex64")),
+        }
     }
 
     /// (source bytes, destination bytes) per unit of work.
@@ -45,24 +76,30 @@ impl Conversion {
     }
 }
 
-/// A read-only source region owned by Python.
+/// A read-only source region owned by Python, valid for as long as the borrow `'a` of its
+/// buffer export lasts.
 #[derive(Clone, Copy)]
-pub struct Source {
+pub struct Source<'a> {
     ptr: *const u8,
     len: usize,
+    _export: PhantomData<&'a [u8]>,
 }
 
-// SAFETY: the region is only read, and the caller keeps the exporting Python object (and its
-// buffer export) alive until every thread that received a `Source` has been joined.
-unsafe impl Send for Source {}
-// SAFETY: as above; reads only.
-unsafe impl Sync for Source {}
+// SAFETY: the region is only read, through raw pointers, and the borrow `'a` keeps the
+// exporting object's buffer alive (and unresizable) until every thread that received a
+// `Source` has been joined (scoped threads cannot outlive `'a`).
+unsafe impl Send for Source<'_> {}
+// SAFETY: as for `Send`; a `Source` is never written through.
+unsafe impl Sync for Source<'_> {}
 
-impl Source {
-    /// # Safety
-    /// `ptr` must be valid for reads of `len` bytes until the copy that uses it has finished.
-    pub unsafe fn new(ptr: *const u8, len: usize) -> Self {
-        Self { ptr, len }
+impl<'a> Source<'a> {
+    /// The bytes of a C-contiguous buffer export; `None` for any other layout.
+    pub fn of(buffer: &'a PyUntypedBuffer) -> Option<Self> {
+        buffer.is_c_contiguous().then(|| Self {
+            ptr: buffer.buf_ptr().cast(),
+            len: buffer.len_bytes(),
+            _export: PhantomData,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -75,12 +112,61 @@ impl Source {
 
     fn slice(&self, start: usize, len: usize) -> Self {
         assert!(start + len <= self.len, "source sub-range out of bounds");
-        // SAFETY: `start + len <= self.len`, so the pointer stays inside the same region.
         Self {
+            // SAFETY: `start + len <= self.len`, so the pointer stays inside the same region.
             ptr: unsafe { self.ptr.add(start) },
             len,
+            _export: PhantomData,
         }
     }
+
+    /// Whether the region shares any byte with `len` bytes at `start`.
+    fn overlaps(&self, start: *const u8, len: usize) -> bool {
+        let (a, b) = (self.ptr as usize, start as usize);
+        self.len > 0 && len > 0 && a < b + len && b < a + self.len
+    }
+}
+
+/// Why a buffer export cannot be written by [`dest_in`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum DestError {
+    ReadOnly,
+    NotContiguous,
+    /// The source shares memory with the destination.
+    Overlap,
+    /// The write does not fit; the destination has `capacity` bytes.
+    TooSmall {
+        capacity: usize,
+    },
+}
+
+/// `len` bytes at byte `offset` of a writable, C-contiguous buffer export, refused when the
+/// range is outside it or when `source` shares memory with it. The `&mut` borrow of the export
+/// makes the slice the only Rust reference to that memory; Python code in other threads can
+/// still write to it while the GIL is released, exactly as with NumPy's own GIL-free copies.
+pub fn dest_in<'a>(
+    buffer: &'a mut PyUntypedBuffer,
+    offset: usize,
+    len: usize,
+    source: &Source<'_>,
+) -> Result<&'a mut [u8], DestError> {
+    if buffer.readonly() {
+        return Err(DestError::ReadOnly);
+    }
+    if !buffer.is_c_contiguous() {
+        return Err(DestError::NotContiguous);
+    }
+    let (base, capacity) = (buffer.buf_ptr().cast::<u8>(), buffer.len_bytes());
+    if len > 0 && source.overlaps(base, capacity) {
+        return Err(DestError::Overlap);
+    }
+    if offset.checked_add(len).is_none_or(|end| end > capacity) {
+        return Err(DestError::TooSmall { capacity });
+    }
+    // SAFETY: a writable, C-contiguous export is valid for writes of `capacity` bytes until it
+    // is released, which the borrow `'a` of it prevents; `offset + len <= capacity` (checked
+    // above), and the source (read through raw pointers only) does not overlap it.
+    Ok(unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) })
 }
 
 /// A value that did not fit the destination dtype.
@@ -90,7 +176,11 @@ pub struct OutOfRange {
 }
 
 /// Copy/convert `source` into `dest`. `dest.len()` must equal the converted size.
-pub fn convert(conversion: Conversion, source: Source, dest: &mut [u8]) -> Result<(), OutOfRange> {
+pub fn convert(
+    conversion: Conversion,
+    source: Source<'_>,
+    dest: &mut [u8],
+) -> Result<(), OutOfRange> {
     let (src_unit, dst_unit) = conversion.unit();
     let count = source.len / src_unit;
     assert_eq!(
@@ -108,11 +198,11 @@ pub fn convert(conversion: Conversion, source: Source, dest: &mut [u8]) -> Resul
     }
     let src = source.ptr;
     let dst = dest.as_mut_ptr();
-    // SAFETY (all arms): `src` is valid for `count * src_unit` bytes (Source invariant, checked
-    // above) and `dst` for `count * dst_unit` bytes (a live exclusive slice of exactly that
-    // length). Sources are read unaligned; destinations are written unaligned too, which costs
-    // nothing on the platforms we build for. The regions cannot overlap: `dest` is a slot that
-    // is exclusively ours and has never been exported.
+    // SAFETY: in every arm, `src` is valid for `count * src_unit` bytes (the `Source`
+    // invariant, checked above) and `dst` for `count * dst_unit` bytes (a live exclusive slice
+    // of exactly that length). Sources are read unaligned; destinations are written unaligned
+    // too, which costs nothing on the platforms we build for. The regions cannot overlap: the
+    // source is never turned into a reference, and `dest` is exclusively borrowed.
     unsafe {
         match conversion {
             Conversion::Copy => ptr::copy_nonoverlapping(src, dst, count),
@@ -167,7 +257,7 @@ pub fn convert(conversion: Conversion, source: Source, dest: &mut [u8]) -> Resul
 pub struct Task<'a> {
     pub leaf: usize,
     pub conversion: Conversion,
-    pub source: Source,
+    pub source: Source<'a>,
     pub dest: &'a mut [u8],
 }
 
@@ -246,23 +336,16 @@ pub fn run(tasks: Vec<Task<'_>>, threads: usize) -> Result<(), (usize, OutOfRang
         .map_or(Ok(()), Err)
 }
 
-/// A writable destination region owned by Python.
-///
-/// # Safety
-/// `base + offset .. base + offset + len` must be valid for writes, and nothing else may form a
-/// Rust reference to it while the returned slice lives.
-pub unsafe fn dest_slice<'a>(base: *mut u8, offset: usize, len: usize) -> &'a mut [u8] {
-    // SAFETY: forwarded from the caller.
-    unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn source_of<T>(values: &[T]) -> Source {
-        // SAFETY: the slice outlives every use in these tests.
-        unsafe { Source::new(values.as_ptr().cast(), std::mem::size_of_val(values)) }
+    fn source_of<T>(values: &[T]) -> Source<'_> {
+        Source {
+            ptr: values.as_ptr().cast(),
+            len: std::mem::size_of_val(values),
+            _export: PhantomData,
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! DLPack export of slot memory: the C structs, the capsules, and their deleters.
 //!
-//! One of the crate's four `unsafe` modules. Each export boxes a [`Holder`] that owns a clone
+//! One of the crate's four `unsafe` modules (with [`crate::memory`], [`crate::copy`] and
+//! [`crate::cuda`]). Each export boxes a [`Holder`] that owns a clone
 //! of the slot's lease; the capsule points at the managed tensor inside it. The consumer
 //! (JAX) renames the capsule when it takes ownership and later calls the deleter, from any
 //! thread and without the GIL: the deleter only drops the box, which drops the lease and may
@@ -19,12 +20,37 @@ use std::ptr::NonNull;
 pub const DEVICE_CPU: i32 = 1;
 pub const DEVICE_CUDA_HOST: i32 = 3;
 
+/// DLPack type codes (`DLDataTypeCode` in `dlpack.h`).
+const INT: u8 = 0;
+const UINT: u8 = 1;
+const FLOAT: u8 = 2;
+const BFLOAT: u8 = 4;
+const COMPLEX: u8 = 5;
+const BOOL: u8 = 6;
+
+/// (NumPy dtype name, DLPack type code, bits) of every dtype a leaf can be exported as; what
+/// the Python layer passes to `Slot.export` (`_core.DLPACK_TYPE_CODES`).
+pub const TYPE_CODES: [(&str, u8, u8); 15] = [
+    ("int8", INT, 8),
+    ("int16", INT, 16),
+    ("int32", INT, 32),
+    ("int64", INT, 64),
+    ("uint8", UINT, 8),
+    ("uint16", UINT, 16),
+    ("uint32", UINT, 32),
+    ("uint64", UINT, 64),
+    ("float16", FLOAT, 16),
+    ("float32", FLOAT, 32),
+    ("float64", FLOAT, 64),
+    ("bfloat16", BFLOAT, 16),
+    ("complex64", COMPLEX, 64),
+    ("complex128", COMPLEX, 128),
+    ("bool", BOOL, 8),
+];
+
 /// DLPack version we produce in versioned capsules.
 pub const VERSION: (u32, u32) = (1, 1);
 const FLAG_READ_ONLY: u64 = 1 << 0;
-
-const NAME_LEGACY: &CStr = c"dltensor";
-const NAME_VERSIONED: &CStr = c"dltensor_versioned";
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,49 +143,76 @@ fn tensor(export: &Export, shape: &mut [i64], strides: &mut [i64]) -> DLTensor {
     }
 }
 
-unsafe extern "C" fn delete_legacy(managed: *mut DLManagedTensor) {
+/// What differs between the two capsule kinds: the managed tensor struct and its name.
+trait ManagedTensor: Sized {
+    /// The capsule name consumers look for.
+    const NAME: &'static CStr;
+    /// A managed tensor for `dl_tensor` that `deleter` frees; `manager_ctx` is set later.
+    fn new(dl_tensor: DLTensor, deleter: unsafe extern "C" fn(*mut Self)) -> Self;
+    fn set_manager_ctx(&mut self, context: *mut c_void);
+}
+
+impl ManagedTensor for DLManagedTensor {
+    const NAME: &'static CStr = c"dltensor";
+
+    fn new(dl_tensor: DLTensor, deleter: unsafe extern "C" fn(*mut Self)) -> Self {
+        Self {
+            dl_tensor,
+            manager_ctx: std::ptr::null_mut(),
+            deleter: Some(deleter),
+        }
+    }
+
+    fn set_manager_ctx(&mut self, context: *mut c_void) {
+        self.manager_ctx = context;
+    }
+}
+
+impl ManagedTensor for DLManagedTensorVersioned {
+    const NAME: &'static CStr = c"dltensor_versioned";
+
+    fn new(dl_tensor: DLTensor, deleter: unsafe extern "C" fn(*mut Self)) -> Self {
+        Self {
+            version: DLPackVersion {
+                major: VERSION.0,
+                minor: VERSION.1,
+            },
+            manager_ctx: std::ptr::null_mut(),
+            deleter: Some(deleter),
+            flags: FLAG_READ_ONLY,
+            dl_tensor,
+        }
+    }
+
+    fn set_manager_ctx(&mut self, context: *mut c_void) {
+        self.manager_ctx = context;
+    }
+}
+
+/// The managed tensor's deleter, called by the consumer exactly once.
+unsafe extern "C" fn delete<M: ManagedTensor>(managed: *mut M) {
     if managed.is_null() {
         return;
     }
     // Never unwind into C: a panic here (there is none to expect) aborts instead.
-    let _guard = AbortOnUnwind;
-    // SAFETY: `managed` came from `Box::into_raw(Box<Holder<DLManagedTensor>>)` in `capsule`
-    // (its manager_ctx points at the same holder), and the DLPack contract calls the deleter
-    // exactly once.
-    drop(unsafe { Box::from_raw(managed.cast::<Holder<DLManagedTensor>>()) });
-    std::mem::forget(_guard);
-}
-
-unsafe extern "C" fn delete_versioned(managed: *mut DLManagedTensorVersioned) {
-    if managed.is_null() {
-        return;
-    }
-    let _guard = AbortOnUnwind;
-    // SAFETY: as in `delete_legacy`, for the versioned holder.
-    drop(unsafe { Box::from_raw(managed.cast::<Holder<DLManagedTensorVersioned>>()) });
-    std::mem::forget(_guard);
+    let guard = AbortOnUnwind;
+    // SAFETY: `managed` came from `Box::leak(Box<Holder<M>>)` in `capsule_of` (a holder
+    // starts with its managed tensor), and the DLPack contract calls the deleter exactly once.
+    drop(unsafe { Box::from_raw(managed.cast::<Holder<M>>()) });
+    std::mem::forget(guard);
 }
 
 /// Capsule destructor: frees the tensor only if no consumer took it. A consumer renames the
 /// capsule (`used_dltensor`) when it takes ownership and may keep this destructor attached, so
 /// the name is checked before calling the deleter.
-unsafe extern "C" fn capsule_destructor_legacy(capsule: *mut ffi::PyObject) {
+unsafe extern "C" fn capsule_destructor<M: ManagedTensor>(capsule: *mut ffi::PyObject) {
     // SAFETY: called by CPython with a live capsule and the GIL held.
-    unsafe {
-        if ffi::PyCapsule_IsValid(capsule, NAME_LEGACY.as_ptr()) == 1 {
-            let managed = ffi::PyCapsule_GetPointer(capsule, NAME_LEGACY.as_ptr());
-            delete_legacy(managed.cast());
-        }
-    }
-}
-
-unsafe extern "C" fn capsule_destructor_versioned(capsule: *mut ffi::PyObject) {
-    // SAFETY: as above.
-    unsafe {
-        if ffi::PyCapsule_IsValid(capsule, NAME_VERSIONED.as_ptr()) == 1 {
-            let managed = ffi::PyCapsule_GetPointer(capsule, NAME_VERSIONED.as_ptr());
-            delete_versioned(managed.cast());
-        }
+    if unsafe { ffi::PyCapsule_IsValid(capsule, M::NAME.as_ptr()) } == 1 {
+        // SAFETY: as above; a valid capsule of this name holds the pointer `capsule_of` gave.
+        let managed = unsafe { ffi::PyCapsule_GetPointer(capsule, M::NAME.as_ptr()) };
+        // SAFETY: nobody consumed the tensor (the capsule kept its name), so it is still ours
+        // to free, once: CPython runs a capsule's destructor once.
+        unsafe { delete::<M>(managed.cast()) };
     }
 }
 
@@ -177,66 +230,48 @@ pub fn capsule<'py>(
     export: Export,
     versioned: bool,
 ) -> PyResult<Bound<'py, PyCapsule>> {
-    let mut shape = export.shape.clone();
-    let mut strides = row_major_strides(&shape);
-    let dl_tensor = tensor(&export, &mut shape, &mut strides);
-    let lease = export.lease;
     if versioned {
-        let holder = Box::into_raw(Box::new(Holder {
-            managed: DLManagedTensorVersioned {
-                version: DLPackVersion {
-                    major: VERSION.0,
-                    minor: VERSION.1,
-                },
-                manager_ctx: std::ptr::null_mut(),
-                deleter: Some(delete_versioned),
-                flags: FLAG_READ_ONLY,
-                dl_tensor,
-            },
-            shape,
-            strides,
-            _lease: lease,
-        }));
-        // SAFETY: `holder` is a fresh, valid, uniquely owned allocation; the shape/strides
-        // vectors it owns are the ones `dl_tensor` points into and are never resized, so those
-        // pointers stay valid for the holder's life. On capsule failure we free it ourselves.
-        unsafe {
-            (*holder).managed.manager_ctx = holder.cast();
-            let pointer = NonNull::new_unchecked(holder.cast::<c_void>());
-            make_capsule(py, pointer, NAME_VERSIONED, capsule_destructor_versioned)
-                .inspect_err(|_| drop(Box::from_raw(holder)))
-        }
+        capsule_of::<DLManagedTensorVersioned>(py, export)
     } else {
-        let holder = Box::into_raw(Box::new(Holder {
-            managed: DLManagedTensor {
-                dl_tensor,
-                manager_ctx: std::ptr::null_mut(),
-                deleter: Some(delete_legacy),
-            },
-            shape,
-            strides,
-            _lease: lease,
-        }));
-        // SAFETY: as for the versioned holder.
-        unsafe {
-            (*holder).managed.manager_ctx = holder.cast();
-            let pointer = NonNull::new_unchecked(holder.cast::<c_void>());
-            make_capsule(py, pointer, NAME_LEGACY, capsule_destructor_legacy)
-                .inspect_err(|_| drop(Box::from_raw(holder)))
-        }
+        capsule_of::<DLManagedTensor>(py, export)
     }
 }
 
-/// # Safety
-/// `pointer` must be a managed tensor that `destructor` knows how to free.
-unsafe fn make_capsule<'py>(
+fn capsule_of<'py, M: ManagedTensor>(
     py: Python<'py>,
-    pointer: NonNull<c_void>,
-    name: &'static CStr,
-    destructor: unsafe extern "C" fn(*mut ffi::PyObject),
+    export: Export,
 ) -> PyResult<Bound<'py, PyCapsule>> {
-    // SAFETY: forwarded from the caller; the destructor only frees tensors nobody consumed.
-    unsafe { PyCapsule::new_with_pointer_and_destructor(py, pointer, name, Some(destructor)) }
+    let mut shape = export.shape.clone();
+    let mut strides = row_major_strides(&shape);
+    let dl_tensor = tensor(&export, &mut shape, &mut strides);
+    // Moving the vectors into the holder moves no elements: the pointers in `dl_tensor` stay
+    // valid, and the holder never resizes them.
+    let holder = NonNull::from(Box::leak(Box::new(Holder {
+        managed: M::new(dl_tensor, delete::<M>),
+        shape,
+        strides,
+        _lease: export.lease,
+    })));
+    // SAFETY: `holder` is the allocation just leaked, which nothing else references yet.
+    unsafe {
+        (*holder.as_ptr())
+            .managed
+            .set_manager_ctx(holder.as_ptr().cast())
+    };
+    // SAFETY: the pointer is a `Holder<M>`, whose first field is the managed tensor that
+    // `capsule_destructor::<M>` frees when no consumer took it.
+    unsafe {
+        PyCapsule::new_with_pointer_and_destructor(
+            py,
+            holder.cast(),
+            M::NAME,
+            Some(capsule_destructor::<M>),
+        )
+    }
+    .inspect_err(|_| {
+        // SAFETY: no capsule was made, so the holder is still only ours; it is freed once.
+        drop(unsafe { Box::from_raw(holder.as_ptr()) })
+    })
 }
 
 /// Name of a capsule, for tests that check what consumers see.

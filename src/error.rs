@@ -4,22 +4,24 @@
 //! when the extension is not built.
 
 use crate::pool::AcquireError;
-use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
 pub enum CoreError {
     Acquire(AcquireError),
-    /// A value of leaf `leaf` did not fit the narrower dtype.
+    /// A value of leaf `leaf` (an index into the leaves given) did not fit the narrower dtype.
     OutOfRange {
         leaf: usize,
         value: i128,
     },
     /// The slot was written after it had been exported.
     AlreadyExported,
-    /// Bad layout or buffer handed in by the Python layer.
+    /// Bad layout, argument or state handed in by the Python layer (`ValueError`).
     Invalid(String),
+    /// A buffer protocol request the core cannot serve (`BufferError`).
+    BadBuffer(String),
 }
 
 fn fastbridge_error<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
@@ -40,6 +42,16 @@ fn raise(py: Python<'_>, name: &str, message: String) -> PyErr {
     }
 }
 
+/// `CoreRangeError(leaf, value)`: the Python layer catches it and names the leaf's path.
+fn out_of_range(py: Python<'_>, leaf: usize, value: i128) -> PyErr {
+    match fastbridge_error(py, "CoreRangeError")
+        .and_then(|kind| kind.call1((leaf, value.to_string())))
+    {
+        Ok(error) => PyErr::from_value(error),
+        Err(error) => error,
+    }
+}
+
 impl From<CoreError> for PyErr {
     fn from(error: CoreError) -> Self {
         Python::attach(|py| match error {
@@ -48,7 +60,7 @@ impl From<CoreError> for PyErr {
             }
             CoreError::Acquire(AcquireError::TimedOut) => raise(
                 py,
-                "StreamClosedError",
+                "SlotTimeoutError",
                 "timed out waiting for a free slot".into(),
             ),
             CoreError::Acquire(AcquireError::Exhausted {
@@ -67,14 +79,21 @@ impl From<CoreError> for PyErr {
             CoreError::Acquire(AcquireError::AllocationFailed { bytes }) => {
                 PyMemoryError::new_err(format!("could not allocate a {bytes}-byte slot"))
             }
-            // The Python layer turns (leaf index, value) into a message naming the leaf path.
-            CoreError::OutOfRange { leaf, value } => {
-                PyOverflowError::new_err((leaf, value.to_string()))
-            }
+            CoreError::OutOfRange { leaf, value } => out_of_range(py, leaf, value),
             CoreError::AlreadyExported => {
                 PyRuntimeError::new_err("a slot cannot be written after it has been exported")
             }
             CoreError::Invalid(message) => PyValueError::new_err(message),
+            CoreError::BadBuffer(message) => PyBufferError::new_err(message),
         })
+    }
+}
+
+impl From<(usize, crate::copy::OutOfRange)> for CoreError {
+    fn from((leaf, error): (usize, crate::copy::OutOfRange)) -> Self {
+        Self::OutOfRange {
+            leaf,
+            value: error.value,
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Page-aligned host memory for slots: allocation, page locking, and CUDA host registration.
 //!
-//! This is one of the three places in the crate with `unsafe` code (with [`crate::dlpack`] and
-//! [`crate::cuda`]). A [`HostBuffer`] owns its allocation exclusively; ownership moves between
+//! This is one of the four places in the crate with `unsafe` code (with [`crate::copy`],
+//! [`crate::dlpack`] and [`crate::cuda`]). A [`HostBuffer`] owns its allocation exclusively; ownership moves between
 //! the free list, the producer and a lease, so the safe code elsewhere never aliases a buffer
 //! mutably while it is exported.
 

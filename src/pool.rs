@@ -9,7 +9,8 @@
 //!   objects); nobody can write any more.
 //! * FREE again when the last clone drops: [`Lease`]'s `Drop` pushes the buffer back (or frees
 //!   it once the pool is closed) and wakes a waiting producer. That drop is what a DLPack
-//!   deleter runs: pure Rust, any thread, no GIL, no allocation, no panic.
+//!   deleter runs: pure Rust, any thread, no GIL, no panic, and no allocation (the free list
+//!   has room for every slot, reserved when a slot is allocated).
 //!
 //! The pool grows when the consumer is starved and every slot is leased (a consumer that keeps
 //! batches must never deadlock), up to an optional byte cap.
@@ -290,6 +291,8 @@ impl Pool {
         match HostBuffer::allocate(bytes, shared.config.lock, shared.config.cuda) {
             Some(buffer) => {
                 shared.account_new(&buffer);
+                // Room for every slot in the free list, so that returning one never allocates.
+                shared.free.reserve(shared.slots.load(Ordering::SeqCst));
                 Ok(buffer)
             }
             None => fail(AcquireError::AllocationFailed { bytes }),

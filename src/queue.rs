@@ -7,6 +7,7 @@
 //! by a value that an exception could drop on its way back to Python.
 
 use crate::error::CoreError;
+use crate::gil;
 use crate::notify::Notifier;
 use crate::pool::{AcquireError, Pool};
 use crate::sync::{Arc, AtomicBool, Ordering};
@@ -14,10 +15,8 @@ use crossbeam_queue::ArrayQueue;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long a blocked consumer sleeps between checks for Ctrl-C.
-pub(crate) const SIGNAL_POLL: Duration = Duration::from_millis(50);
 /// "Wait forever", in a form `Instant + Duration` accepts.
 pub(crate) const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The most items a queue holds: its slots are allocated up front.
@@ -92,35 +91,33 @@ impl ReadyQueue {
     }
 
     /// Producer: append an item, waiting for room. Returns `False` when the queue was closed
-    /// instead (the item is dropped).
-    fn publish(&self, py: Python<'_>, item: Py<PyAny>) -> bool {
+    /// instead (the item is dropped). Ctrl-C while waiting raises with the item not published.
+    fn publish(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<bool> {
         let core = &self.core;
         let mut item = Some(item);
-        let pushed = py
-            .detach(|| {
-                core.signal.wait_for(FOREVER, || {
-                    if core.closed.load(Ordering::SeqCst) {
-                        return Some(false);
+        let pushed = gil::wait(py, FOREVER, |slice| {
+            core.signal.wait_for(slice, || {
+                if core.closed.load(Ordering::SeqCst) {
+                    return Some(false);
+                }
+                let value = item.take().expect("the item is pushed once");
+                match core.items.push(value) {
+                    Ok(()) => Some(true),
+                    Err(back) => {
+                        item = Some(back);
+                        None
                     }
-                    let value = item.take().expect("the item is pushed once");
-                    match core.items.push(value) {
-                        Ok(()) => Some(true),
-                        Err(back) => {
-                            item = Some(back);
-                            None
-                        }
-                    }
-                })
+                }
             })
-            .unwrap_or(false);
-        if pushed {
+        });
+        if let Ok(Some(true)) = pushed {
             core.signal.notify();
             // A starving producer looks at this queue: let it see the new item.
             core.wake_pool();
         }
         // `item` (if not pushed) is dropped here, with the GIL held.
         drop(item);
-        pushed
+        pushed.map(|pushed| pushed.unwrap_or(false))
     }
 
     /// Consumer: move the next item into `holder` (appended). Waits with the GIL released and
@@ -135,43 +132,41 @@ impl ReadyQueue {
         timeout: Option<f64>,
     ) -> PyResult<bool> {
         let core = &self.core;
-        let deadline = Instant::now() + timeout_from(timeout)?;
+        let timeout = timeout_from(timeout)?;
         let mut waiting = false;
-        let result = loop {
-            // Signals first: one that arrived while we waited is raised with the item still
-            // queued, so a caught KeyboardInterrupt loses nothing.
-            if let Err(interrupt) = py.check_signals() {
-                break Err(interrupt);
-            }
+        // Every step starts right after a signal check: one that arrived while we waited is
+        // raised with the item still queued, so a caught KeyboardInterrupt loses nothing.
+        let taken = gil::wait(py, timeout, |slice| {
             if let Some(item) = core.items.pop() {
                 core.signal.notify();
-                // No Python code runs between the pop and the append.
-                break holder.append(item).map(|()| true);
+                return Some(Ok(item));
             }
             if core.closed.load(Ordering::SeqCst) {
-                break Err(CoreError::Acquire(AcquireError::Closed).into());
+                return Some(Err(CoreError::Acquire(AcquireError::Closed)));
             }
-            let now = Instant::now();
-            if now >= deadline {
-                break Ok(false);
+            if slice.is_zero() {
+                return None;
             }
             if !waiting {
                 waiting = true;
                 core.consumer_waiting.store(true, Ordering::SeqCst);
                 core.wake_pool();
             }
-            let chunk = SIGNAL_POLL.min(deadline - now);
-            py.detach(|| {
-                core.signal.wait_for(chunk, || {
-                    (!core.items.is_empty() || core.closed.load(Ordering::SeqCst)).then_some(())
-                })
+            core.signal.wait_for(slice, || {
+                (!core.items.is_empty() || core.closed.load(Ordering::SeqCst)).then_some(())
             });
-        };
+            None
+        });
         if waiting {
             core.consumer_waiting.store(false, Ordering::SeqCst);
             core.signal.notify();
         }
-        result
+        match taken? {
+            // No Python code runs between the pop and the append.
+            Some(Ok(item)) => holder.append(item).map(|()| true),
+            Some(Err(closed)) => Err(closed.into()),
+            None => Ok(false),
+        }
     }
 
     /// Stop both sides: wakes a blocked producer and consumer and drops the items not yet

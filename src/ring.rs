@@ -4,11 +4,11 @@
 use crate::copy::{self, Conversion, Source};
 use crate::dlpack::{self, DLDataType, DLDevice, Export};
 use crate::error::CoreError;
-use crate::pool::{Lease, Pool, PoolConfig};
+use crate::gil;
+use crate::pool::{AcquireError, Lease, Pool, PoolConfig};
 use crate::queue::{timeout_from, QueueCore, ReadyQueue};
 use crate::sync::{Arc, AtomicU64, Ordering};
 use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict};
 use std::time::Instant;
@@ -81,9 +81,14 @@ impl SlotPool {
         let timeout = timeout_from(timeout)?;
         let queue = self.queue.as_deref();
         let starving = || queue.is_some_and(QueueCore::starving);
-        let lease = py
-            .detach(|| self.pool.acquire(nbytes, timeout, starving))
-            .map_err(CoreError::Acquire)?;
+        let lease = gil::wait(py, timeout, |slice| {
+            match self.pool.acquire(nbytes, slice, starving) {
+                Err(AcquireError::TimedOut) => None,
+                done => Some(done),
+            }
+        })?
+        .unwrap_or(Err(AcquireError::TimedOut))
+        .map_err(CoreError::Acquire)?;
         Ok(Slot {
             lease: Some(lease),
             copy_threads: self.copy_threads,
@@ -129,11 +134,13 @@ pub struct Slot {
     counters: Arc<FillCounters>,
 }
 
+fn released() -> CoreError {
+    CoreError::Invalid("the slot was released".into())
+}
+
 impl Slot {
-    fn lease(&self) -> PyResult<&Arc<Lease>> {
-        self.lease
-            .as_ref()
-            .ok_or_else(|| PyValueError::new_err("the slot was released"))
+    fn lease(&self) -> Result<&Arc<Lease>, CoreError> {
+        self.lease.as_ref().ok_or_else(released)
     }
 }
 
@@ -141,12 +148,10 @@ impl Slot {
 impl Slot {
     /// Copy leaves into the slot with the GIL released. `leaves` holds
     /// `(array, offset, conversion)` triples: any C-contiguous buffer, its byte offset in the
-    /// slot, and a conversion code (0 copy, 1 f64→f32, 2 i64→i32, 3 u64→u32, 4 c128→c64).
+    /// slot, and a conversion code (`_core.CONVERSIONS`: 0 copy, 1 f64→f32, 2 i64→i32,
+    /// 3 u64→u32, 4 c128→c64).
     fn fill(&mut self, py: Python<'_>, leaves: Vec<(Bound<'_, PyAny>, usize, u8)>) -> PyResult<()> {
-        let lease = self
-            .lease
-            .as_mut()
-            .ok_or_else(|| PyValueError::new_err("the slot was released"))?;
+        let lease = self.lease.as_mut().ok_or_else(released)?;
         let lease = Arc::get_mut(lease).ok_or(CoreError::AlreadyExported)?;
         let capacity = lease.buffer().capacity();
         // Take the buffer exports first (GIL held); they keep the sources alive and unmoved.
@@ -203,10 +208,7 @@ impl Slot {
                 let (dest, tail) = tail.split_at_mut(*out);
                 rest = tail;
                 consumed = offset + out;
-                // SAFETY: `buffer` is a live export of a C-contiguous buffer of
-                // `len_bytes()` bytes; it stays alive (and the exporter may not resize it)
-                // until `plans` is dropped, after the copy below has joined its threads.
-                let source = unsafe { Source::new(buffer.buf_ptr().cast(), buffer.len_bytes()) };
+                let source = Source::of(buffer).expect("checked to be C-contiguous above");
                 tasks.push(copy::Task {
                     leaf: *index,
                     conversion: *conversion,
@@ -214,7 +216,7 @@ impl Slot {
                     dest,
                 });
             }
-            py.detach(|| copy::run(tasks, threads))
+            gil::run(py, || copy::run(tasks, threads))
         };
         drop(plans);
         self.counters.fills.fetch_add(1, Ordering::SeqCst);
@@ -223,13 +225,7 @@ impl Slot {
             .fetch_add(total as u64, Ordering::SeqCst);
         let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
         self.counters.nanos.fetch_add(nanos, Ordering::SeqCst);
-        result.map_err(|(leaf, e)| {
-            CoreError::OutOfRange {
-                leaf,
-                value: e.value,
-            }
-            .into()
-        })
+        result.map_err(|overflow| CoreError::from(overflow).into())
     }
 
     /// Export `shape` elements of DLPack dtype (`code`, `bits`) at byte `offset` as a leaf that
@@ -247,14 +243,14 @@ impl Slot {
     ) -> PyResult<Leaf> {
         let lease = self.lease()?;
         if shape.iter().any(|&d| d < 0) {
-            return Err(PyValueError::new_err(format!(
-                "negative dimension in shape {shape:?}"
-            )));
+            return Err(
+                CoreError::Invalid(format!("negative dimension in shape {shape:?}")).into(),
+            );
         }
         if bits == 0 || bits % 8 != 0 {
-            return Err(PyValueError::new_err(format!(
-                "bits must be a multiple of 8, got {bits}"
-            )));
+            return Err(
+                CoreError::Invalid(format!("bits must be a multiple of 8, got {bits}")).into(),
+            );
         }
         let elements = shape
             .iter()
@@ -265,16 +261,18 @@ impl Slot {
             .and_then(|n| n.checked_add(offset))
             .is_none_or(|end| end > capacity)
         {
-            return Err(PyValueError::new_err(format!(
+            return Err(CoreError::Invalid(format!(
                 "shape {shape:?} of {bits}-bit items at offset {offset} exceeds the \
                  {capacity}-byte slot"
-            )));
+            ))
+            .into());
         }
         if offset % crate::memory::LEAF_ALIGN != 0 {
-            return Err(PyValueError::new_err(format!(
+            return Err(CoreError::Invalid(format!(
                 "offset {offset} is not {}-byte aligned",
                 crate::memory::LEAF_ALIGN
-            )));
+            ))
+            .into());
         }
         let device_type = if lease.buffer().pinning().cuda {
             dlpack::DEVICE_CUDA_HOST
@@ -346,17 +344,20 @@ impl Leaf {
         // Host memory has no stream to synchronise with; any value is accepted and ignored.
         let _ = stream;
         if copy == Some(true) {
-            return Err(PyBufferError::new_err(
-                "fastbridge leaves export their slot memory only; copy=True is not supported",
-            ));
+            return Err(CoreError::BadBuffer(
+                "fastbridge leaves export their slot memory only; copy=True is not supported"
+                    .into(),
+            )
+            .into());
         }
         if let Some((device_type, device_id)) = dl_device {
             if (device_type, device_id) != (self.device.device_type, self.device.device_id) {
-                return Err(PyBufferError::new_err(format!(
+                return Err(CoreError::BadBuffer(format!(
                     "leaf lives on DLPack device {:?}, cannot export to {:?}",
                     (self.device.device_type, self.device.device_id),
                     (device_type, device_id)
-                )));
+                ))
+                .into());
             }
         }
         let versioned = max_version.is_some_and(|(major, _)| major >= 1);
@@ -396,80 +397,4 @@ pub fn capsule_name(capsule: &Bound<'_, PyCapsule>) -> Option<String> {
 #[pyfunction]
 pub fn cuda_available() -> bool {
     crate::cuda::available()
-}
-
-/// Copy (and convert) `source` into the writable buffer `dest` at byte `offset`, with the GIL
-/// released and on up to `threads` threads. Used by the whole-dataset conversions, which fill
-/// one preallocated (possibly memory-mapped) array per leaf batch by batch.
-/// `conversion` uses the same codes as `Slot.fill`. Returns the bytes written.
-#[pyfunction]
-#[pyo3(signature = (dest, offset, source, conversion=0, threads=2))]
-pub fn copy_into(
-    py: Python<'_>,
-    dest: &Bound<'_, PyAny>,
-    offset: usize,
-    source: &Bound<'_, PyAny>,
-    conversion: u8,
-    threads: usize,
-) -> PyResult<usize> {
-    let conversion = Conversion::from_code(conversion)
-        .ok_or_else(|| PyValueError::new_err(format!("unknown conversion code {conversion}")))?;
-    let dest_buffer = PyUntypedBuffer::get(dest)?;
-    if dest_buffer.readonly() {
-        return Err(PyValueError::new_err("dest is read-only"));
-    }
-    if !dest_buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err("dest is not C-contiguous"));
-    }
-    let source_buffer = PyUntypedBuffer::get(source)?;
-    if !source_buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err("source is not C-contiguous"));
-    }
-    let (src_unit, dst_unit) = conversion.unit();
-    if source_buffer.len_bytes() % src_unit != 0 {
-        return Err(PyValueError::new_err(format!(
-            "conversion {conversion:?} reads {src_unit}-byte items, but the source has {} bytes",
-            source_buffer.len_bytes()
-        )));
-    }
-    let written = source_buffer.len_bytes() / src_unit * dst_unit;
-    let capacity = dest_buffer.len_bytes();
-    let (src_start, dst_start) = (
-        source_buffer.buf_ptr() as usize,
-        dest_buffer.buf_ptr() as usize,
-    );
-    let overlap =
-        src_start < dst_start + capacity && dst_start < src_start + source_buffer.len_bytes();
-    if overlap && written > 0 && source_buffer.len_bytes() > 0 {
-        return Err(PyValueError::new_err("source and dest overlap in memory"));
-    }
-    if offset.checked_add(written).is_none_or(|end| end > capacity) {
-        return Err(PyValueError::new_err(format!(
-            "{written} bytes at offset {offset} do not fit the {capacity}-byte destination"
-        )));
-    }
-    // SAFETY: both exports stay alive until the end of this function, after the copy joined.
-    let source_region =
-        unsafe { Source::new(source_buffer.buf_ptr().cast(), source_buffer.len_bytes()) };
-    // SAFETY: `dest` is a live, writable, C-contiguous export of `capacity` bytes and the
-    // range is inside it (checked above). Python code could alias it from another thread
-    // while the GIL is released, exactly as with NumPy's own GIL-free copies.
-    let dest_slice =
-        unsafe { crate::copy::dest_slice(dest_buffer.buf_ptr().cast(), offset, written) };
-    let task = copy::Task {
-        leaf: 0,
-        conversion,
-        source: source_region,
-        dest: dest_slice,
-    };
-    py.detach(|| copy::run(vec![task], threads.max(1)))
-        .map_err(|(leaf, e)| {
-            PyErr::from(CoreError::OutOfRange {
-                leaf,
-                value: e.value,
-            })
-        })?;
-    drop(source_buffer);
-    drop(dest_buffer);
-    Ok(written)
 }

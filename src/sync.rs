@@ -13,43 +13,43 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering}
 #[cfg(not(loom))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// Free list of slots: lock-free MPMC queue in the extension; a mutex-guarded deque under loom,
-/// whose scheduler cannot see inside crossbeam (crossbeam is model-checked upstream). The pool's
-/// own protocol (lease counting, waking, closing, growing) is what the model check covers.
-#[cfg(not(loom))]
-pub(crate) struct FreeList<T>(crossbeam_queue::SegQueue<T>);
+/// Free list of slots: a mutex-guarded deque, the same code in the extension and under loom,
+/// so the model check covers it too. The mutex is held for a push or a pop only.
+///
+/// A push (what a DLPack deleter does when it returns a slot) never allocates: the producer
+/// calls [`FreeList::reserve`] with the slot count whenever a slot is allocated, and the list
+/// never holds more buffers than there are slots.
+pub(crate) struct FreeList<T>(Mutex<std::collections::VecDeque<T>>);
 
-#[cfg(not(loom))]
 impl<T> FreeList<T> {
     pub(crate) fn new() -> Self {
-        Self(crossbeam_queue::SegQueue::new())
+        Self(Mutex::new(std::collections::VecDeque::new()))
     }
-    pub(crate) fn push(&self, value: T) {
-        self.0.push(value)
-    }
-    pub(crate) fn pop(&self) -> Option<T> {
-        self.0.pop()
-    }
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-}
 
-#[cfg(loom)]
-pub(crate) struct FreeList<T>(loom::sync::Mutex<std::collections::VecDeque<T>>);
+    fn lock(&self) -> MutexGuard<'_, std::collections::VecDeque<T>> {
+        // A panic elsewhere cannot leave the deque half-updated; recover instead of spreading
+        // the panic into a deleter.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 
-#[cfg(loom)]
-impl<T> FreeList<T> {
-    pub(crate) fn new() -> Self {
-        Self(loom::sync::Mutex::new(std::collections::VecDeque::new()))
-    }
     pub(crate) fn push(&self, value: T) {
-        self.0.lock().unwrap().push_back(value)
+        self.lock().push_back(value)
     }
+
     pub(crate) fn pop(&self) -> Option<T> {
-        self.0.lock().unwrap().pop_front()
+        self.lock().pop_front()
     }
+
     pub(crate) fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.lock().len()
+    }
+
+    /// Make room for `total` entries, so that pushes up to that many never allocate.
+    pub(crate) fn reserve(&self, total: usize) {
+        let mut list = self.lock();
+        let more = total.saturating_sub(list.len());
+        list.reserve(more);
     }
 }

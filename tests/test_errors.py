@@ -322,3 +322,48 @@ def test_sharding_errors_name_the_leaf_and_what_would_work(backend):
     with stream(short, backend=backend, sharding=sharding, pad_last=True, batch_size=8) as s:
         batch, mask = next(s)
         assert batch["x"].shape == (8, 2) and np.asarray(mask).sum() == 6
+
+
+def _pool_types():
+    from fastbridge._numpy_ring import NumpySlotPool
+
+    return [NumpySlotPool] if _core is None else [NumpySlotPool, _core.SlotPool]
+
+
+@pytest.mark.parametrize("pool_type", _pool_types())
+def test_a_slot_wait_that_times_out_is_a_slot_timeout_error(pool_type):
+    """Not a StreamClosedError: the stream was not closed, every slot is just still held."""
+    pool = pool_type(slots=1, lock=False)
+    held = pool.acquire(64)
+    with pytest.raises(fastbridge.SlotTimeoutError, match="timed out waiting for a free slot") as e:
+        pool.acquire(64, timeout=0.01)
+    assert isinstance(e.value, TimeoutError)
+    assert not isinstance(e.value, fastbridge.StreamClosedError)
+    held.release()
+    pool.acquire(64, timeout=0).release()
+    pool.close()
+    with pytest.raises(fastbridge.StreamClosedError):
+        pool.acquire(64, timeout=0)
+
+
+@pytest.mark.parametrize("pool_type", _pool_types())
+def test_a_fill_reports_an_out_of_range_value_by_leaf_index(pool_type):
+    pool = pool_type(slots=1, lock=False)
+    slot = pool.acquire(4096)
+    bad = np.array([1, -(2**40), 2], np.int64)
+    with pytest.raises(fastbridge.CoreRangeError) as e:
+        slot.fill([(np.zeros(4, np.int64), 0, 2), (bad, 64, 2)])
+    assert (e.value.leaf, e.value.value) == (1, str(-(2**40)))
+    assert isinstance(e.value, LeafOverflowError)
+    slot.release()
+    pool.close()
+
+
+def test_copy_into_reports_an_out_of_range_value():
+    if _core is None:
+        pytest.skip("needs the Rust extension")
+    dest = np.zeros(64, np.uint8)
+    source = np.array([0, 2**32], np.uint64)
+    with pytest.raises(fastbridge.CoreRangeError) as e:
+        _core.copy_into(dest, 0, source, _core.CONVERSIONS["u64_to_u32"])
+    assert (e.value.leaf, e.value.value) == (0, str(2**32))

@@ -28,15 +28,16 @@ from ._leaves import (
     as_array,
     checked_cast,
     checked_narrow,
+    core_overflow,
     dtype_changed,
     host_view,
     is_opaque,
     is_string_array,
-    overflow_error,
 )
 from ._multihost import global_shape
+from ._native import LEAF_ALIGN
 from ._native import core as _core
-from .errors import FastbridgeWarning, ShardingError
+from .errors import CoreRangeError, FastbridgeWarning, ShardingError
 
 if TYPE_CHECKING:
     from ._options import StreamOptions
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 BackendName = Literal["auto", "ring", "numpy", "direct", "copy"]
 """The ``backend=`` values of ``stream()``."""
 BACKENDS: tuple[BackendName, ...] = ("auto", "ring", "numpy", "direct", "copy")
-
-LEAF_ALIGN = 64
 
 
 def _align(offset: int) -> int:
@@ -237,9 +236,8 @@ class SlotConverter:
                 work.append((source, offset, spec.fill_code))
             try:
                 slot.fill(work)
-            except OverflowError as error:
-                block, value = error.args
-                raise overflow_error(specs[plan[block][0]], value) from None
+            except CoreRangeError as error:
+                raise core_overflow(error, [specs[block[0]] for block in plan]) from None
             shards: dict[int, list[jax.Array]] = {}
             for i, start, stop, devices, offset in plan:
                 leaf, spec = leaves[i], specs[i]

@@ -5,8 +5,11 @@ from typing import Any, final
 from typing_extensions import CapsuleType
 
 __all__ = [
+    "CONVERSIONS",
+    "DLPACK_TYPE_CODES",
     "LEAF_ALIGN",
     "MAX_QUEUE_CAPACITY",
+    "NARROWINGS",
     "PAGE_SIZE",
     "Leaf",
     "ReadyQueue",
@@ -21,6 +24,12 @@ __all__ = [
 PAGE_SIZE: int
 LEAF_ALIGN: int
 MAX_QUEUE_CAPACITY: int
+CONVERSIONS: dict[str, int]
+"""Conversion code (``Slot.fill``, ``copy_into``) by name: ``copy``, ``f64_to_f32``, ..."""
+NARROWINGS: dict[str, tuple[str, int]]
+"""Source NumPy dtype name -> (target dtype name, conversion code) of each narrowing."""
+DLPACK_TYPE_CODES: dict[str, tuple[int, int]]
+"""NumPy dtype name -> (DLPack type code, bits), as ``Slot.export`` takes them."""
 __version__: str
 
 @final

@@ -9,22 +9,34 @@ from typing import Any
 import jax
 import numpy as np
 
-from .errors import LeafOverflowError, StructureChangedError, UnsupportedLeafError
+from ._native import CONVERSIONS, DLPACK_TYPE_CODES, LEAF_ALIGN, NARROWINGS
+from ._native import core as _core
+from .errors import (
+    CoreRangeError,
+    LeafOverflowError,
+    StructureChangedError,
+    UnsupportedLeafError,
+)
 
 # Conversion codes understood by the Rust core (``Slot.fill``) and mirrored by the NumPy ring.
-COPY, F64_TO_F32, I64_TO_I32, U64_TO_U32, C128_TO_C64 = range(5)
+COPY = CONVERSIONS["copy"]
+F64_TO_F32 = CONVERSIONS["f64_to_f32"]
+I64_TO_I32 = CONVERSIONS["i64_to_i32"]
+U64_TO_U32 = CONVERSIONS["u64_to_u32"]
+C128_TO_C64 = CONVERSIONS["c128_to_c64"]
 # Any other per-leaf conversion asked for with ``dtypes=``: NumPy casts on the producer thread,
 # then the cast array is copied as is.
 CAST = -1
 
-# DLPack type codes (dlpack.h).
-DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT, DL_COMPLEX, DL_BOOL = 0, 1, 2, 4, 5, 6
+# DLPack type codes (dlpack.h), as the core names them.
+DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT, DL_COMPLEX, DL_BOOL = (
+    DLPACK_TYPE_CODES[name][0]
+    for name in ("int8", "uint8", "float32", "bfloat16", "complex64", "bool")
+)
 
-_NARROWING = {
-    np.dtype(np.float64): (np.dtype(np.float32), F64_TO_F32),
-    np.dtype(np.int64): (np.dtype(np.int32), I64_TO_I32),
-    np.dtype(np.uint64): (np.dtype(np.uint32), U64_TO_U32),
-    np.dtype(np.complex128): (np.dtype(np.complex64), C128_TO_C64),
+# What the x64-off policy narrows each 64-bit dtype to, with the core's conversion code.
+NARROWING = {
+    np.dtype(source): (np.dtype(target), code) for source, (target, code) in NARROWINGS.items()
 }
 
 # Types that look like pytrees (SparseTensorValue is a namedtuple) but must not be flattened.
@@ -142,12 +154,12 @@ def _spec(path: str, leaf: np.ndarray, x64: bool, dtypes: DtypePolicy = "canonic
                 "bool, float16 and bfloat16 can)"
             )
         if target != native:
-            narrowing = _NARROWING.get(native)
+            narrowing = NARROWING.get(native)
             conversion = narrowing[1] if narrowing and narrowing[0] == target else CAST
         if _needs_x64(target) and not x64:
             raise ValueError(f"dtypes[{path!r}] = {target} needs JAX's x64 mode, which is off")
-    elif dtypes != "keep" and not x64 and native in _NARROWING:
-        target, conversion = _NARROWING[native]
+    elif dtypes != "keep" and not x64 and native in NARROWING:
+        target, conversion = NARROWING[native]
     code = dlpack_type(target)
     if code is None:
         raise UnsupportedLeafError(
@@ -307,6 +319,12 @@ def overflow_error(spec: LeafSpec, value: str) -> LeafOverflowError:
     return _does_not_fit(spec.path, value, spec.target_dtype, why)
 
 
+def core_overflow(error: CoreRangeError, specs: Sequence[LeafSpec]) -> LeafOverflowError:
+    """The user-facing error for the core's ``CoreRangeError``: ``specs[error.leaf]`` is the
+    spec of the leaf the core was given at that index."""
+    return overflow_error(specs[error.leaf], error.value)
+
+
 def _does_not_fit(path: str, value: Any, target: np.dtype, why: str) -> LeafOverflowError:
     return LeafOverflowError(
         f"leaf {path} has value {value}, which does not fit {target} ({why}", path
@@ -354,11 +372,11 @@ def checked_cast(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data is 64-byte aligned, so that
+    """An uninitialised C-contiguous array whose data is ``LEAF_ALIGN``-aligned, so that
     ``jax.device_put`` on CPU aliases it instead of copying it."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + 64, np.uint8)
-    start = (-raw.ctypes.data) % 64
+    raw = np.empty(nbytes + LEAF_ALIGN, np.uint8)
+    start = (-raw.ctypes.data) % LEAF_ALIGN
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
@@ -375,17 +393,13 @@ def checked_narrow(arr: np.ndarray, spec: LeafSpec) -> np.ndarray:
     if spec.conversion in (COPY, CAST):
         return arr
     if arr.nbytes >= _CORE_NARROWING_BYTES:
-        try:
-            from . import _core
-        except ImportError:
-            _core = None  # type: ignore[assignment]
         if _core is not None:
             out = aligned_empty(arr.shape, spec.target_dtype)
             source = np.ascontiguousarray(arr).reshape(-1)
             try:
                 _core.copy_into(out.reshape(-1).view(np.uint8), 0, source, spec.conversion)
-            except OverflowError as error:
-                raise overflow_error(spec, error.args[1]) from None
+            except CoreRangeError as error:
+                raise core_overflow(error, [spec]) from None
             return out
     if spec.conversion in (I64_TO_I32, U64_TO_U32) and arr.size:
         info = np.iinfo(spec.target_dtype)

@@ -21,31 +21,23 @@ from typing import Any
 
 import numpy as np
 
-from ._leaves import C128_TO_C64, COPY, F64_TO_F32, I64_TO_I32, U64_TO_U32
-from .errors import PoolExhaustedError, StreamClosedError
+from ._leaves import COPY, I64_TO_I32, U64_TO_U32
+from ._native import DLPACK_TYPE_CODES, MAX_QUEUE_CAPACITY, NARROWINGS, PAGE_SIZE
+from .errors import CoreRangeError, PoolExhaustedError, SlotTimeoutError, StreamClosedError
 
-PAGE_SIZE = 4096
-LEAF_ALIGN = 64
 _SIGNAL_POLL = 0.05
-MAX_QUEUE_CAPACITY = 1 << 20
 # Leaves at least this large are copied in parts on ``copy_threads`` threads (NumPy releases
 # the GIL while it copies), as the core does above the same size (copy.rs).
 PARALLEL_BYTES = 4 << 20
 
-_TARGET = {
-    F64_TO_F32: np.float32,
-    I64_TO_I32: np.int32,
-    U64_TO_U32: np.uint32,
-    C128_TO_C64: np.complex64,
-}
+# Conversion code -> the narrower dtype it writes.
+_TARGET = {code: np.dtype(target) for target, code in NARROWINGS.values()}
+# (DLPack code, bits) -> the dtype of the NumPy view exported for it. NumPy cannot export
+# bfloat16 through DLPack: its view is uint16 and the caller bitcasts.
 _DLPACK_DTYPES = {
-    (0, 8): np.int8, (0, 16): np.int16, (0, 32): np.int32, (0, 64): np.int64,
-    (1, 8): np.uint8, (1, 16): np.uint16, (1, 32): np.uint32, (1, 64): np.uint64,
-    (2, 16): np.float16, (2, 32): np.float32, (2, 64): np.float64,
-    (5, 64): np.complex64, (5, 128): np.complex128, (6, 8): np.bool_,
-    # NumPy cannot export bfloat16 through DLPack: the view is uint16 and the caller bitcasts.
-    (4, 16): np.uint16,
-}  # fmt: skip
+    code_bits: np.dtype("uint16" if name == "bfloat16" else name)
+    for name, code_bits in DLPACK_TYPE_CODES.items()
+}
 
 
 def _aligned_buffer(nbytes: int) -> np.ndarray:
@@ -108,7 +100,7 @@ class NumpySlot:
                 info = np.iinfo(target)
                 lo, hi = array.min(), array.max()
                 if lo < info.min or hi > info.max:
-                    raise OverflowError(index, str(lo if lo < info.min else hi))
+                    raise CoreRangeError(index, str(lo if lo < info.min else hi))
             self._ring._copy(dest, array)
             copied += nbytes
         self._ring._count_fill(copied, time.perf_counter() - started)
@@ -297,7 +289,7 @@ class NumpySlotPool:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise StreamClosedError("timed out waiting for a free slot")
+                    raise SlotTimeoutError("timed out waiting for a free slot")
                 self._cond.wait(remaining)
             self._leased += 1
         return NumpySlot(self, slot)

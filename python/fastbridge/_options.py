@@ -26,7 +26,7 @@ import jax
 
 from ._backends import BACKENDS, BackendName
 from ._leaves import DtypePolicy, check_policy
-from ._numpy_ring import MAX_QUEUE_CAPACITY
+from ._native import MAX_QUEUE_CAPACITY
 
 # Upper bounds on the integer options, checked before anything is allocated.
 MAX_SLOTS = 1 << 20

@@ -6,6 +6,12 @@ its cap, ...), so both ``except FastbridgeError`` and ``except TypeError`` work.
 
 The Rust core raises these same classes (it imports this module), and so does the pure-NumPy
 fallback, so behaviour does not depend on whether the extension is built.
+
+Two are raised only by the slot pool itself (``fastbridge._core`` and its NumPy twin), for
+code that drives it directly: :class:`SlotTimeoutError` when ``SlotPool.acquire(timeout=...)``
+finds no free slot in time, and :class:`CoreRangeError` when a narrowing copy meets a value
+that does not fit (the stream and the conversions turn it into a :class:`LeafOverflowError`
+that names the leaf's path).
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ class PoolExhaustedError(FastbridgeError, MemoryError):
 
 class StateTimeoutError(FastbridgeError, TimeoutError):
     """``Stream.state()`` could not save the position within its ``timeout``."""
+
+
+class SlotTimeoutError(FastbridgeError, TimeoutError):
+    """``SlotPool.acquire(nbytes, timeout=...)`` found no free slot within ``timeout``: every
+    slot is still referenced by a batch, and the pool was not allowed to grow."""
 
 
 class SourceError(FastbridgeError):
@@ -61,6 +72,21 @@ class LeafOverflowError(FastbridgeError, OverflowError):
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class CoreRangeError(LeafOverflowError):
+    """A narrowing copy in the core (``Slot.fill``, ``copy_into``) met a value that does not fit
+    the narrower dtype. The core knows leaves only by position: ``leaf`` is the index into the
+    leaves it was given and ``value`` the value as text; ``path`` is ``<leaf N>``. The Python
+    layer turns it into a :class:`LeafOverflowError` that names the leaf's real path."""
+
+    def __init__(self, leaf: int, value: str) -> None:
+        super().__init__(
+            f"leaf {leaf} has value {value}, which does not fit the narrower dtype",
+            f"<leaf {leaf}>",
+        )
+        self.leaf = leaf
+        self.value = value
 
 
 class ShardingError(FastbridgeError, ValueError):
@@ -97,12 +123,14 @@ class FastbridgeWarning(UserWarning):
 
 __all__ = [
     "ConversionError",
+    "CoreRangeError",
     "FastbridgeError",
     "FastbridgeWarning",
     "LeafOverflowError",
     "MemmapPathError",
     "PoolExhaustedError",
     "ShardingError",
+    "SlotTimeoutError",
     "SourceError",
     "StateTimeoutError",
     "StreamClosedError",

@@ -11,10 +11,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._leaves import astype_checked, flat_arrays, is_string_array, path_name
+from .._leaves import COPY, NARROWING, astype_checked, flat_arrays, is_string_array, path_name
 from .._native import core as _core  # None without the extension: NumPy copies instead
 from ..errors import (
     ConversionError,
+    CoreRangeError,
     LeafOverflowError,
     StructureChangedError,
     UnsupportedLeafError,
@@ -22,14 +23,8 @@ from ..errors import (
 from ._directory import file_name, tree_json, write_manifest
 from ._storage import FileStorage, RamStorage, Storage
 
-# Conversion codes of ``_core.copy_into`` (same as ``_leaves``).
-_COPY = 0
-_CORE_CONVERSIONS = {
-    (np.dtype(np.float64), np.dtype(np.float32)): 1,
-    (np.dtype(np.int64), np.dtype(np.int32)): 2,
-    (np.dtype(np.uint64), np.dtype(np.uint32)): 3,
-    (np.dtype(np.complex128), np.dtype(np.complex64)): 4,
-}
+# Conversion codes of ``_core.copy_into``: (source, target) -> code.
+_CORE_CONVERSIONS = {(source, target): code for source, (target, code) in NARROWING.items()}
 _COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -83,7 +78,7 @@ class Leaf:
         self.row_bytes = self.row_items * target.itemsize
         self.code: int | None
         if target == source:
-            self.code = _COPY
+            self.code = COPY
         elif (source, target) in _CORE_CONVERSIONS:
             self.code = _CORE_CONVERSIONS[(source, target)]
         elif np.can_cast(source, target, "same_kind"):
@@ -231,15 +226,15 @@ class Writer:
             source = arr.reshape(-1).view(np.uint8)
             try:
                 _core.copy_into(dest, offset, source, leaf.code, _COPY_THREADS)
-            except OverflowError as e:
+            except CoreRangeError as e:
                 # Worded as astype_checked words it, so both paths raise the same message.
                 raise LeafOverflowError(
-                    f"leaf {leaf.path} has value {_overflow_value(e)}, which does not fit "
+                    f"leaf {leaf.path} has value {e.value}, which does not fit "
                     f"{leaf.target} ({self._why(leaf, index)}",
                     leaf.path,
                 ) from None
             return
-        if leaf.code != _COPY and leaf.target.kind in "iu":
+        if leaf.code != COPY and leaf.target.kind in "iu":
             # stream()'s checked conversion: an integer that does not fit raises, never wraps.
             # Floats round as NumPy (and the core) round them, to inf if they must.
             arr = astype_checked(arr, leaf.target, leaf.path, self._why(leaf, index))
@@ -278,11 +273,3 @@ class Writer:
         if self.directory is not None:
             for i, leaf in enumerate(self.leaves):
                 (self.directory / file_name(i, leaf.path)).unlink(missing_ok=True)
-
-
-def _overflow_value(error: OverflowError) -> str:
-    """The value in the core's ``OverflowError(leaf_index, value_str)``."""
-    args = error.args
-    if len(args) == 1 and isinstance(args[0], tuple):
-        args = args[0]
-    return str(args[1]) if len(args) >= 2 else str(error)
