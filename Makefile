@@ -6,10 +6,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The newest stack (jax 0.11+ needs Python >= 3.12): its own venv, the same abi3 wheel.
+PYTHON_NEWEST ?= PYENV_VERSION=3.12.1 python3.12
+VENV_NEWEST ?= .venv-newest
+PY_NEWEST := $(VENV_NEWEST)/bin/python
 BENCH_ARGS ?=
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: help setup wheel bench test test-rust lint test-python soak clean
+.PHONY: help setup setup-newest wheel bench test test-rust lint test-python test-newest soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ -/'
@@ -21,6 +25,14 @@ $(VENV)/.installed: requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv with the pinned dependencies
+
+$(VENV_NEWEST)/.installed: requirements-newest.txt
+	$(PYTHON_NEWEST) -m venv $(VENV_NEWEST)
+	$(PY_NEWEST) -m pip install --quiet --upgrade pip
+	$(PY_NEWEST) -m pip install --quiet -r requirements-newest.txt
+	touch $@
+
+setup-newest: $(VENV_NEWEST)/.installed  ## create .venv-newest: Python 3.12 with the newest pinned stack
 
 wheel: setup  ## build the abi3 wheel with maturin and install it into .venv
 	rm -rf dist
@@ -41,16 +53,28 @@ soak: wheel  ## the long runs: 100,000 batches through the ring, and the exactly
 	cd tests && FASTBRIDGE_MODEL_EXAMPLES=200 FASTBRIDGE_HYPOTHESIS_RANDOM=1 $(abspath $(PY)) -m pytest -q \
 		-p no:cacheprovider test_exactly_once.py -k every_batch
 
-lint: setup  ## ruff, and the type stubs checked against the built extension
+lint: setup  ## ruff, mypy --strict (pyproject.toml), and the type stubs checked against the built extension
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy python/fastbridge tests/typing
 	cd /tmp && $(abspath $(PY)) -m mypy.stubtest fastbridge._core
 
 test-python: wheel  ## pytest against the installed wheel (not the source tree)
 	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY)) -m pytest -q -p no:cacheprovider \
 		--rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml $(CURDIR)/tests
 
-test: test-rust wheel lint test-python  ## everything CI runs
+test-newest: wheel  ## pytest against the same wheel on the newest stack (Python 3.12)
+	@if ! $(PYTHON_NEWEST) --version >/dev/null 2>&1; then \
+		echo "*** test-newest SKIPPED: '$(PYTHON_NEWEST)' does not run here (set PYTHON_NEWEST)"; \
+		exit 0; \
+	fi; \
+	set -e; \
+	$(MAKE) --no-print-directory setup-newest; \
+	$(PY_NEWEST) -m pip install --quiet --force-reinstall --no-deps dist/fastbridge-*.whl; \
+	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY_NEWEST)) -m pytest -q -p no:cacheprovider \
+		--rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml $(CURDIR)/tests
+
+test: test-rust wheel lint test-python test-newest  ## everything CI runs
 
 clean:  ## remove build outputs and the virtual environment
-	rm -rf target dist $(VENV) bench-results
+	rm -rf target dist $(VENV) $(VENV_NEWEST) bench-results
