@@ -263,6 +263,9 @@ def test_help_explains_every_option():
             assert flag in text
         assert action.help, action.option_strings
     assert "Routes: 1 tutorial copy" in text and "--routes" in text
+    # Options the profile fills in say so in brackets; "(default: None)" would contradict it.
+    assert "default: None" not in text and "(default: 4)" in text
+    assert "issue" not in text.lower()
 
 
 def test_paths_is_a_hidden_alias_of_routes(capsys):

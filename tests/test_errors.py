@@ -367,3 +367,18 @@ def test_copy_into_reports_an_out_of_range_value():
     with pytest.raises(fastbridge.CoreRangeError) as e:
         _core.copy_into(dest, 0, source, _core.CONVERSIONS["u64_to_u32"])
     assert (e.value.leaf, e.value.value) == (0, str(2**32))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_ragged_leaf_says_ragged_and_how_to_fix_it(backend):
+    # What Hugging Face's with_format("numpy") gives for a column of variable-length lists.
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = np.arange(3), np.arange(5)
+    with pytest.raises(UnsupportedLeafError, match=r"leaf \['ids'\] is ragged.*pad or bucket"):
+        with stream([{"ids": ragged}], backend=backend) as s:
+            next(s)
+    with pytest.raises(UnsupportedLeafError, match=r"holds Python objects"):
+        with stream([{"ids": np.array([{}, {}], dtype=object)}], backend=backend) as s:
+            next(s)
+    with pytest.raises(UnsupportedLeafError, match=r"leaf \['ids'\] of arrays is ragged"):
+        fastbridge.from_numpy({"ids": ragged})

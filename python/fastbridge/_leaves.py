@@ -124,6 +124,27 @@ def check_policy(dtypes: Any, x64: bool) -> None:
             )
 
 
+def object_leaf_error(path: str, leaf: np.ndarray, label: str = "") -> UnsupportedLeafError:
+    """Why an object (non-string) leaf cannot become an array, ragged rows said as such;
+    ``label`` names the leaf in the message (default ``leaf <path>``)."""
+    label = label or f"leaf {path}"
+    rows = [np.shape(x) for x in leaf.flat[:1000] if isinstance(x, (np.ndarray, list, tuple))]
+    if rows and len(rows) == min(leaf.size, 1000) and len(set(rows)) > 1:
+        shapes = sorted(set(rows))
+        return UnsupportedLeafError(
+            f"{label} is ragged: its rows have different shapes ({shapes[0]} and "
+            f"{shapes[-1]}, among others); pad or bucket it to one shape first (e.g. "
+            "tf.data's padded_batch or bucket_by_sequence_length, or pad in NumPy), or "
+            "truncate it",
+            path,
+        )
+    return UnsupportedLeafError(
+        f"{label} holds Python objects (dtype=object) that are not strings; "
+        "only numeric, bool and string leaves are supported",
+        path,
+    )
+
+
 def _needs_x64(target: np.dtype) -> bool:
     return (target.itemsize == 8 and target.kind in "iuf") or target == np.complex128
 
@@ -138,11 +159,7 @@ def _spec(path: str, leaf: np.ndarray, x64: bool, dtypes: DtypePolicy = "canonic
             )
         return LeafSpec(path, True, dtype, dtype, COPY, (0, 0))
     if dtype.kind == "O":
-        raise UnsupportedLeafError(
-            f"leaf {path} holds Python objects (dtype=object) that are not strings; "
-            "only numeric, bool and string leaves are supported",
-            path,
-        )
+        raise object_leaf_error(path, leaf)
     native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
     target, conversion = native, COPY
     requested = isinstance(dtypes, Mapping) and path in dtypes

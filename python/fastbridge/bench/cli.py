@@ -47,6 +47,16 @@ FULL = {
 SCENARIOS = ("handoff", "throughput", "e2e", "memory")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it is one: options left unset take their value from the
+    profile (``[quick ..., full ...]`` in their help), which "(default: None)" would hide."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _DeprecatedAlias(argparse.Action):
     """An option's old name: stores into the new one's ``dest`` and says so on stderr."""
 
@@ -77,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
             "results.json (every raw sample), summary.md (paste into benches/RESULTS.md) and "
             "PNG plots into --out. See benches/README.md."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument(
         "--quick",

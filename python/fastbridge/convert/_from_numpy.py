@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from .._leaves import is_string_array, path_name
+from .._leaves import is_string_array, object_leaf_error, path_name
 from .._tfdata import FROM_NUMPY_OP, is_dataset
 from ..errors import ConversionError, UnsupportedLeafError
 from ._tensors import encode, tf_dtype
@@ -89,7 +89,7 @@ def from_numpy(
         if arr.ndim == 0:
             raise ConversionError(f"leaf {name} of arrays is a scalar; it needs a leading axis")
         if arr.dtype.kind == "O" and not is_string_array(arr):
-            raise UnsupportedLeafError(f"leaf {name} of arrays holds Python objects", name)
+            raise object_leaf_error(name, arr, f"leaf {name} of arrays")
         leaves.append(arr)
     n = leaves[0].shape[0]
     for name, arr in zip(paths, leaves, strict=True):
