@@ -7,6 +7,7 @@ import os
 # Before JAX and TensorFlow are imported: 8 host devices for the sharding tests, quiet TF.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "jax")  # fastbridge.keras feeds Keras's JAX backend
 
 import gc
 import threading

@@ -96,3 +96,12 @@ def test_a_bad_set_state_leaves_the_stream_as_it_was(backend):
 def test_backend_is_kept_as_an_alias_of_backend_name():
     assert fastbridge.Backend is fastbridge.BackendName
     assert fastbridge.BACKENDS == ("auto", "ring", "numpy", "direct", "copy")
+
+
+def test_the_module_examples_run():
+    import doctest
+
+    from fastbridge import _options
+
+    result = doctest.testmod(_options, verbose=False)
+    assert result.attempted >= 2 and result.failed == 0

@@ -179,7 +179,7 @@ class Stream(Iterator[T], Generic[T]):
             if options.service is None and options.shard_by_process:
                 source = shard_source(source, tf_source)
             self._limit = agree_on_batches(
-                _known_length(source, tf_source), pad_last=options.pad_last
+                known_length(source), pad_last=options.pad_last
             )
         self._source = source
         self._tf_source = tf_source
@@ -188,7 +188,7 @@ class Stream(Iterator[T], Generic[T]):
         self._started = time.perf_counter()
         self._bytes = 0
         self._wait = 0.0
-        total = _known_length(source, tf_source)
+        total = known_length(source)
         self._progress = ProgressBar(total, self._backend) if options.progress else None
         self._open(self._parse(options.state))
 
@@ -431,8 +431,9 @@ def _check_source(source: Any) -> None:
         )
 
 
-def _known_length(source: Any, tf_source: bool) -> int | None:
-    if tf_source:
+def known_length(source: Any) -> int | None:
+    """How many batches ``source`` yields, when it says (``len()`` or tf.data's cardinality)."""
+    if is_dataset(source):
         return cardinality(source)
     try:
         return len(source)
@@ -452,7 +453,7 @@ def _check_state_fits(saved: SavedState, source: Any, tf_source: bool, limit: in
             "state['tf_iterator'] holds a tf.data iterator state, but this source is not a "
             "tf.data.Dataset"
         )
-    total = limit if limit is not None else _known_length(source, tf_source)
+    total = limit if limit is not None else known_length(source)
     if total is not None and saved.batches > total:
         raise ValueError(
             f"state['batches'] = {saved.batches}, but this source has {total} batches: the "
