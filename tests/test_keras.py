@@ -39,6 +39,14 @@ def same_weights(a, b):
     return all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights(), strict=True))
 
 
+def weight_gap(a, b):
+    """The largest difference between the two models' weights, relative to their size."""
+    return max(
+        float(np.abs(u - v).max() / np.abs(u).max())
+        for u, v in zip(a.get_weights(), b.get_weights(), strict=True)
+    )
+
+
 @pytest.mark.parametrize("backend", ["auto", "ring", "numpy", "direct"])
 def test_fit_evaluate_predict_equal_the_tf_data_pipeline(backend):
     ds = pipeline()
@@ -67,10 +75,12 @@ def test_pad_last_trains_exactly_as_unpadded_with_a_sample_weighted_mean():
     reference.fit(ds, epochs=2, shuffle=False, verbose=0)
     padded = model("mean_with_sample_weight")
     padded.fit(dataset(ds, pad_last=True), epochs=2, verbose=0)
-    assert same_weights(reference, padded)  # padding rows weigh nothing
+    # Padding rows weigh nothing: the same training up to float rounding (XLA may fuse the
+    # padded shape differently; jax 0.10 gives identical bits, jax 0.12 differs in the last).
+    assert weight_gap(reference, padded) < 1e-5
     unweighted = model()  # the default reduction divides by rows, padding included
     unweighted.fit(dataset(ds, pad_last=True), epochs=2, verbose=0)
-    assert not same_weights(reference, unweighted)
+    assert weight_gap(reference, unweighted) > 1e-3
 
 
 def test_steps_caps_an_epoch_and_is_needed_for_unknown_lengths():

@@ -8,8 +8,8 @@ reach the jitted train step as the ``jax.Array`` leaves the stream made, without
 
 With ``pad_last=True`` the stream's mask becomes the batch's ``sample_weight`` (``1.0`` on
 real rows, ``0.0`` on padding), so the train step compiles once. Give the loss
-``reduction="mean_with_sample_weight"`` and training is exactly what it is unpadded (the
-padding rows carry no weight and do not count in the mean); Keras's per-epoch averages of
+``reduction="mean_with_sample_weight"`` and training is what it is unpadded, up to float
+rounding (the padding rows carry no weight and do not count in the mean); Keras's per-epoch averages of
 loss and metrics still weigh each batch by its rows, padding included, so the numbers it
 reports for the last batch differ a little. Predict without ``pad_last`` (or drop the padded
 rows), since every padded row gets a prediction.
