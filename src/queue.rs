@@ -22,13 +22,14 @@ pub(crate) const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The most items a queue holds: its slots are allocated up front.
 pub const MAX_CAPACITY: usize = 1 << 20;
 
-/// A wait limit from Python: `None` waits forever.
+/// A wait limit from Python: `None` (or `inf`, or anything past a year) waits forever.
 pub(crate) fn timeout_from(seconds: Option<f64>) -> Result<Duration, CoreError> {
     match seconds {
         None => Ok(FOREVER),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s).min(FOREVER)),
+        // Clamped before converting: `Duration::from_secs_f64` panics on huge values.
+        Some(s) if s >= 0.0 => Ok(Duration::from_secs_f64(s.min(FOREVER.as_secs_f64()))),
         Some(s) => Err(CoreError::Invalid(format!(
-            "timeout must be >= 0 seconds, got {s}"
+            "timeout must be a number of seconds >= 0 or None, got {s}"
         ))),
     }
 }

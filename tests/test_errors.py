@@ -382,3 +382,26 @@ def test_a_ragged_leaf_says_ragged_and_how_to_fix_it(backend):
             next(s)
     with pytest.raises(UnsupportedLeafError, match=r"leaf \['ids'\] of arrays is ragged"):
         fastbridge.from_numpy({"ids": ragged})
+
+
+@pytest.mark.parametrize("kind", ["core", "numpy"])
+def test_huge_or_infinite_timeouts_wait_without_end_and_bad_ones_are_refused(kind):
+    from fastbridge import _native
+    from fastbridge._numpy_ring import NumpyQueue, NumpySlotPool
+
+    if kind == "core" and _native.core is None:
+        pytest.skip("needs the Rust extension")
+    queue_type = _native.core.ReadyQueue if kind == "core" else NumpyQueue
+    pool_type = _native.core.SlotPool if kind == "core" else NumpySlotPool
+    queue = queue_type(2)
+    queue.publish("item")
+    for timeout in (1e300, float("inf")):  # used to panic in the core (a BaseException)
+        holder: list = []
+        assert queue.pop_into(holder, timeout) and holder == ["item"]
+        queue.publish("item")
+        pool = pool_type(slots=1)
+        pool.acquire(16, timeout).release()
+        pool.close()
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+            queue.pop_into([], bad)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import threading
+import time
 
 import fastbridge
 import numpy as np
@@ -23,7 +25,8 @@ def values(batches) -> list[float]:
 
 def test_stream_signature_is_the_options_fields():
     params = list(inspect.signature(stream).parameters.values())
-    assert params[0].name == "source" and params[0].kind is inspect.Parameter.POSITIONAL_ONLY
+    assert params[0].name == "source"
+    assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD  # stream(source=ds) too
     fields = dataclasses.fields(StreamOptions)
     assert [p.name for p in params[1:]] == [f.name for f in fields]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[1:])
@@ -36,11 +39,17 @@ def test_every_option_is_documented_in_stream():
     assert not missing, f"stream() does not document {missing}"
 
 
-def test_unknown_and_positional_options_are_type_errors():
-    with pytest.raises(TypeError, match="prefetchh"):
+def test_unknown_and_positional_options_are_type_errors_naming_stream():
+    with pytest.raises(TypeError, match=r"stream\(\): got an unexpected keyword .*prefetchh"):
         stream(data(), prefetchh=2)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"stream\(\): too many positional arguments"):
         stream(data(), "numpy")
+    with pytest.raises(TypeError, match=r"stream\(\): missing a required argument: 'source'"):
+        stream(prefetch=2)
+    with stream(source=data(3), backend="numpy") as s:  # by keyword, as before
+        assert values(s) == [0.0, 1.0, 2.0]
+    with pytest.raises(TypeError, match=r"dtypes keys are leaf paths as strings.*got 1"):
+        StreamOptions(dtypes={1: "float16"})  # type: ignore[dict-item]
 
 
 def test_options_are_frozen_and_checked_without_a_source():
@@ -105,3 +114,121 @@ def test_the_module_examples_run():
 
     result = doctest.testmod(_options, verbose=False)
     assert result.attempted >= 2 and result.failed == 0
+
+
+class OneShot:
+    """A Grain-style iterator that is its own iterable (as a DatasetIterator passed to
+    stream() is), with a read that can be made slow."""
+
+    def __init__(self, n: int = 20, slow_at: int = -1, refuse: BaseException | None = None):
+        self.n, self.i, self.slow_at, self.refuse = n, 0, slow_at, refuse
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.n:
+            raise StopIteration
+        if self.i == self.slow_at:
+            self.slow_at = -1
+            time.sleep(2)
+        self.i += 1
+        return {"x": np.full((2, 3), self.i - 1, np.float32)}
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, state):
+        if self.refuse is not None:
+            error, self.refuse = self.refuse, None
+            raise error
+        self.i = state["i"]
+
+
+def test_set_state_refuses_a_one_shot_iterator_it_cannot_rewind():
+    with stream(iter(data()), backend="numpy", prefetch=2) as s:
+        next(s)
+        saved = s.get_state()
+        with pytest.raises(ValueError, match="one-shot iterator"):
+            s.set_state(saved)
+        assert values(s) == [float(i) for i in range(1, 12)]  # nothing was lost
+
+
+@pytest.mark.parametrize("backend", ["ring", "numpy"])
+def test_set_state_waits_for_a_slow_read_instead_of_reading_twice(backend):
+    source = OneShot(slow_at=6)
+    with stream(source, backend=backend, prefetch=2) as s:
+        got = values(next(s) for _ in range(3))
+        saved = s.get_state()
+        got += values(next(s) for _ in range(2))
+        s.set_state(saved)  # the producer is inside the 2 s read of batch 6
+        got += values(s)
+    assert got == [0.0, 1.0, 2.0, 3.0, 4.0, *[float(i) for i in range(3, 20)]]
+
+
+def test_an_interrupted_set_state_says_so_instead_of_ending_quietly():
+    source = OneShot(refuse=KeyboardInterrupt())
+    with stream(source, backend="numpy", prefetch=2) as s:
+        next(s)
+        saved = s.get_state()
+        with pytest.raises(KeyboardInterrupt):
+            s.set_state(saved)
+        with pytest.raises(fastbridge.StreamClosedError, match="set_state\\(\\) did not finish"):
+            next(s)
+        s.set_state(saved)  # a second try works
+        assert values(s) == [float(i) for i in range(1, 20)]
+
+
+def test_set_state_from_another_thread_moves_the_consumer_on():
+    with stream(data(), backend="ring", prefetch=2) as s:
+        got = values(next(s) for _ in range(4))
+        saved = s.get_state()
+        mover = threading.Timer(0.2, s.set_state, (saved,))
+        mover.start()
+        time.sleep(0.5)
+        got += values(s)  # the loop goes on from the state, it does not end
+        mover.join()
+    assert got[:4] == [0.0, 1.0, 2.0, 3.0] and got[-8:] == [float(i) for i in range(4, 12)]
+
+
+def test_a_state_tf_data_refuses_leaves_the_stream_as_it_was():
+    tf = pytest.importorskip("tensorflow")
+    ds = tf.data.Dataset.range(10).batch(2)
+    with stream(ds, backend="numpy", checkpoint=True) as s:
+        next(s)
+        bad = {**s.get_state(), "tf_iterator": "not base64 !"}
+        with pytest.raises(ValueError, match="tf_iterator"):
+            s.set_state(bad)
+        assert [b.tolist() for b in s] == [[2, 3], [4, 5], [6, 7], [8, 9]]
+
+
+def test_stats_count_every_batch_this_stream_delivered_across_set_state():
+    with stream(data(), backend="numpy") as s:
+        for _ in range(5):
+            next(s)
+        s.set_state({"version": 2, "batches": 2, "source": None})
+        list(s)
+        stats = s.stats
+    assert stats.batches == 5 + 10 and stats.bytes == 15 * 2 * 3 * 4
+
+
+def test_set_state_after_close_or_with_none_is_refused():
+    s = stream(data(), backend="numpy")
+    saved = s.get_state()
+    with pytest.raises(TypeError, match="state must be a dict"):
+        s.set_state(None)  # type: ignore[arg-type]
+    s.close()
+    with pytest.raises(fastbridge.StreamClosedError, match="closed stream"):
+        s.set_state(saved)
+
+
+def test_warnings_point_at_the_users_line_however_the_stream_is_made():
+    tf = pytest.importorskip("tensorflow")
+    ds = tf.data.Dataset.range(4).map(lambda x: tf.py_function(lambda v: v, [x], tf.int64))
+    for make in (
+        lambda: stream(ds, backend="direct"),
+        lambda: Stream(ds, StreamOptions(backend="direct")),
+    ):
+        with pytest.warns(fastbridge.FastbridgeWarning) as caught:
+            make().close()
+        assert caught[0].filename == __file__, caught[0].filename

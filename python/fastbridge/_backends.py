@@ -12,7 +12,6 @@ import functools
 import math
 import sys
 import time
-import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 import jax
@@ -37,7 +36,7 @@ from ._leaves import (
 from ._multihost import global_shape
 from ._native import LEAF_ALIGN
 from ._native import core as _core
-from .errors import CoreRangeError, FastbridgeWarning, ShardingError
+from .errors import CoreRangeError, ShardingError, warn
 
 if TYPE_CHECKING:
     from ._options import StreamOptions
@@ -499,14 +498,12 @@ def choose(name: BackendName, device: jax.Device, facts: PipelineFacts | None) -
             "install a fastbridge wheel, or use backend='numpy'"
         )
     if name == "direct" and facts is not None and facts.runs_python:
-        warnings.warn(
+        warn(
             "backend='direct' hands TensorFlow's buffers to JAX, and this pipeline runs "
             f"Python code ({', '.join(facts.python_ops) or 'from_generator'}) whose arrays "
             "TensorFlow aliases when they are 64-byte aligned: if that code refills an array "
             "it returned, batches you hold change. Use backend='auto' (which copies such "
             "batches into slots), or make the Python code return a new array each time",
-            FastbridgeWarning,
-            stacklevel=5,
         )
     return name
 

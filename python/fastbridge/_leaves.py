@@ -113,6 +113,10 @@ def check_policy(dtypes: Any, x64: bool) -> None:
     if not isinstance(dtypes, Mapping):
         raise TypeError(f"dtypes must be a str or a mapping, got {type(dtypes).__name__}")
     for path, dtype in dtypes.items():
+        if not isinstance(path, str):
+            raise TypeError(
+                f"dtypes keys are leaf paths as strings, such as \"['image']\", got {path!r}"
+            )
         try:
             target = np.dtype(dtype)
         except TypeError:

@@ -40,6 +40,19 @@ _DLPACK_DTYPES = {
 }
 
 
+_FOREVER = 365 * 24 * 3600.0  # as the core: a wait past a year is a wait without end
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """The monotonic time a wait of ``timeout`` seconds ends (``None``: never), checked as the
+    core checks it."""
+    if timeout is None:
+        return None
+    if not timeout >= 0:  # NaN too
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout}")
+    return None if timeout >= _FOREVER else time.monotonic() + timeout
+
+
 def _aligned_buffer(nbytes: int) -> np.ndarray:
     capacity = max(PAGE_SIZE, -(-nbytes // PAGE_SIZE) * PAGE_SIZE)
     raw = np.zeros(capacity + PAGE_SIZE, dtype=np.uint8)
@@ -171,7 +184,7 @@ class NumpyQueue:
         return True
 
     def pop_into(self, holder: list[Any], timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         waiting = False
         try:
             with self._lock:
@@ -269,7 +282,7 @@ class NumpySlotPool:
             self._cond.notify_all()
 
     def acquire(self, nbytes: int, timeout: float | None = None) -> NumpySlot:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         with self._lock:
             while True:
                 if self._closed:

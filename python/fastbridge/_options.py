@@ -135,26 +135,36 @@ def takes_options(
 ) -> Callable[
     [Callable[[Iterable[Any], StreamOptions], R]], Callable[Concatenate[Iterable[Any], P], R]
 ]:
-    """Give ``build(source, options)`` the signature ``(source, /, *, <each option>)``.
+    """Give ``build(source, options)`` the signature ``(source, *, <each option>)``.
 
-    Type checkers see the options' own parameters (through ``ParamSpec``) and ``help()``
-    shows them (through ``__signature__``): the keywords are declared once, in the dataclass.
+    Type checkers see the options' own parameters (through ``ParamSpec``; to them ``source``
+    is positional only) and ``help()`` shows them (through ``__signature__``): the keywords
+    are declared once, in the dataclass. Arguments are bound to that signature first, so a
+    wrong call is reported as the caller wrote it (``stream() got an unexpected keyword``).
     """
 
     def decorate(
         build: Callable[[Iterable[Any], StreamOptions], R],
     ) -> Callable[Concatenate[Iterable[Any], P], R]:
-        @functools.wraps(build)
-        def call(source: Iterable[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
-            return build(source, options(*args, **kwargs))
-
-        params = list(inspect.signature(options).parameters.values())
         source = inspect.Parameter(
-            "source", inspect.Parameter.POSITIONAL_ONLY, annotation="Iterable[Any]"
+            "source", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Iterable[Any]"
         )
-        call.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        params = list(inspect.signature(options).parameters.values())
+        signature = inspect.Signature(
             [source, *params], return_annotation=inspect.signature(build).return_annotation
         )
+
+        @functools.wraps(build)
+        def call(*args: Any, **kwargs: Any) -> R:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as error:
+                raise TypeError(f"{build.__name__}(): {error}") from None
+            arguments = dict(bound.arguments)
+            source = arguments.pop("source")
+            return build(source, options(**arguments))  # type: ignore[call-arg]  # all keywords
+
+        call.__signature__ = signature  # type: ignore[attr-defined]
         return call
 
     return decorate

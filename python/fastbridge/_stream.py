@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import jax
 
@@ -25,12 +25,12 @@ from ._multihost import agree_on_batches, process_count, shard_source
 from ._native import available as core_available
 from ._options import StreamOptions, takes_options, x64_enabled
 from ._padding import Padder
-from ._position import BATCH, END, ERROR, Position, Reader, restore
+from ._position import BATCH, END, ERROR, Position, Reader, TfLog, restore
 from ._progress import ProgressBar, StreamStats, summary
-from ._state import STATE_VERSION, SavedState, Unsaveable, encode_value
+from ._state import STATE_VERSION, Checkpointable, SavedState, Unsaveable, encode_value
 from ._state import parse as parse_state
 from ._tfdata import cardinality, check_checkpoint, is_dataset, pipeline_facts
-from .errors import StreamClosedError
+from .errors import StateTimeoutError, StreamClosedError
 
 T = TypeVar("T")
 
@@ -56,14 +56,24 @@ def _resolve_device(options: StreamOptions) -> jax.Device:
 
 
 class _Pipeline:
-    """What the producer thread shares with the consumer. The thread references this, never
-    the ``Stream``, so an abandoned stream can be garbage-collected (which closes it)."""
+    """One run of the producer, from one starting position: its reader, backend, log and
+    padder. The thread references this, never the ``Stream``, so an abandoned stream can be
+    garbage-collected (which closes it); ``set_state()`` replaces it in one store."""
 
     def __init__(
-        self, reader: Reader, backend: _backends.Backend, cursor: Position, x64: bool
+        self,
+        reader: Reader,
+        backend: _backends.Backend,
+        cursor: Position,
+        x64: bool,
+        log: TfLog | None,
+        padder: Padder | None,
     ) -> None:
         self.reader = reader
         self.backend = backend
+        self.log = log
+        self.padder = padder
+        self.first = cursor.batches  # where this run started
         # The position of the last batch the consumer delivered: replaced in one step by the
         # consumer, read in one step by state() and by the reader (to forget delivered batches).
         self.cursor = cursor
@@ -111,17 +121,25 @@ class _Pipeline:
 
     def close(self, join: float = _JOIN_SECONDS) -> None:
         if self.closed.is_set():
+            self._join(join)
             return
         self.closed.set()
         if os.getpid() != self.pid:
             # A forked child: the producer thread and any lock it held stayed in the parent.
             return
         self.backend.close()
+        # The producer may be inside the source's own next() (e.g. a slow tf.data map);
+        # it notices the close as soon as that returns. Do not hang the caller on it.
+        self._join(join)
+
+    def _join(self, seconds: float) -> None:
         thread = self.thread
-        if join and thread is not None and thread is not threading.current_thread():
-            # The producer may be inside the source's own next() (e.g. a slow tf.data map);
-            # it notices the close as soon as that returns. Do not hang the caller on it.
-            thread.join(timeout=join)
+        if seconds and thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=seconds)
+
+    def stopped(self) -> bool:
+        """Whether the producer has left the source for good (or never started)."""
+        return self.thread is None or not self.thread.is_alive()
 
 
 # Streams still open, closed together at interpreter exit within one bounded wait (closing
@@ -178,9 +196,7 @@ class Stream(Iterator[T], Generic[T]):
         if process_count() > 1:
             if options.service is None and options.shard_by_process:
                 source = shard_source(source, tf_source)
-            self._limit = agree_on_batches(
-                known_length(source), pad_last=options.pad_last
-            )
+            self._limit = agree_on_batches(known_length(source), pad_last=options.pad_last)
         self._source = source
         self._tf_source = tf_source
         self._x64 = x64_enabled()
@@ -190,7 +206,13 @@ class Stream(Iterator[T], Generic[T]):
         self._wait = 0.0
         total = known_length(source)
         self._progress = ProgressBar(total, self._backend) if options.progress else None
-        self._open(self._parse(options.state))
+        self._closed = False  # by close(): only then does set_state() refuse
+        self._interrupted: str | None = None  # why a set_state() left no producer running
+        self._delivered_before = 0  # batches delivered by the runs before the current one
+        self._inflight: list[Any] = []
+        self._done = False
+        self._pipeline = self._build(self._parse(options.state))
+        self._start()
 
     def _parse(self, state: Any) -> SavedState | None:
         if state is None:
@@ -199,16 +221,12 @@ class Stream(Iterator[T], Generic[T]):
         _check_state_fits(saved, self._source, self._tf_source, self._limit)
         return saved
 
-    def _open(self, saved: SavedState | None) -> None:
-        """Start a producer at ``saved`` (``None``: the beginning)."""
+    def _build(self, saved: SavedState | None) -> _Pipeline:
+        """A producer run from ``saved`` (``None``: the beginning), not started yet. Opens the
+        source there, so a state the source refuses raises here (``ValueError``)."""
         options = self._options
-        self._done = False
-        # The batch taken from the queue and not yet returned: a KeyboardInterrupt between
-        # the two leaves it here, and the next call returns it (see __next__).
-        self._inflight: list[Any] = []
         flatten = Flattener(x64=self._x64, dtypes=options.dtypes, padded=options.pad_last)
         backend = make_backend(self._backend, self._placement, flatten, options)
-        self._backend_impl = backend
         numpy_items = backend.numpy_items
         try:
             items, stateful, log = restore(
@@ -216,7 +234,6 @@ class Stream(Iterator[T], Generic[T]):
             )
         except BaseException:
             backend.close()
-            self._done = True
             raise
         batch_size = options.batch_size
         if options.pad_last and batch_size is None and saved is not None:
@@ -225,7 +242,6 @@ class Stream(Iterator[T], Generic[T]):
             batch_size = saved.batch_size
         padder = Padder(batch_size) if options.pad_last else None
         first = saved.batches if saved is not None else 0
-        self._first = first
         template = None
         if self._limit is not None:
             template = _template(self._template_source, self._tf_source, numpy_items)
@@ -238,19 +254,21 @@ class Stream(Iterator[T], Generic[T]):
             padder=padder,
             template=template,
         )
-        self._padder = padder
         start = Position(first, encode_value(saved.source) if saved and saved.source else None)
-        self._pipeline = _Pipeline(reader, self._backend_impl, start, self._x64)
-        self._log = log
-        self._finalizer = weakref.finalize(self, self._pipeline.close)
+        return _Pipeline(reader, backend, start, self._x64, log, padder)
+
+    def _start(self) -> None:
+        """Start the producer of ``self._pipeline`` and make the stream's finalizer close it."""
+        pipeline = self._pipeline
+        self._finalizer = weakref.finalize(self, pipeline.close)
         self._finalizer.atexit = False  # _close_all_at_exit closes every stream at once
-        _OPEN.add(self._pipeline)
+        _OPEN.add(pipeline)
         thread = threading.Thread(
-            target=self._pipeline.produce,
+            target=pipeline.produce,
             name=f"fastbridge-producer-{self._backend}",
             daemon=True,
         )
-        self._pipeline.thread = thread
+        pipeline.thread = thread
         thread.start()
 
     # -- iteration ---------------------------------------------------------------------------
@@ -258,33 +276,39 @@ class Stream(Iterator[T], Generic[T]):
         return self
 
     def __next__(self) -> T:
-        if self._done:
-            raise StopIteration
-        pipeline = self._pipeline
-        if pipeline.pid != os.getpid():
-            raise RuntimeError(
-                "this stream was created in another process (os.fork()); its producer thread "
-                "and slots do not exist here: create a new stream in the child"
-            )
-        # Exactly once under Ctrl-C: the queue moves the next entry into ``inflight`` (never
-        # taking it when a signal is pending), and the entry leaves ``inflight`` only in the
-        # last statements before ``return``, which call nothing, so no KeyboardInterrupt can
-        # arrive between them. An interrupt anywhere earlier leaves the entry in ``inflight``
-        # and the next call delivers it: nothing is lost, nothing is delivered twice.
-        inflight = self._inflight
-        if not inflight:
+        while True:
+            if self._done:
+                self._raise_end()
+            pipeline = self._pipeline
+            if pipeline.pid != os.getpid():
+                raise RuntimeError(
+                    "this stream was created in another process (os.fork()); its producer "
+                    "thread and slots do not exist here: create a new stream in the child"
+                )
+            # Exactly once under Ctrl-C: the queue moves the next entry into ``inflight``
+            # (never taking it when a signal is pending), and the entry leaves ``inflight``
+            # only in the last statements before ``return``, which call nothing, so no
+            # KeyboardInterrupt can arrive between them. An interrupt anywhere earlier leaves
+            # the entry in ``inflight`` and the next call delivers it: nothing is lost,
+            # nothing is delivered twice.
+            inflight = self._inflight
+            if inflight:
+                break
             started = time.perf_counter()
             try:
                 pipeline.backend.queue.pop_into(inflight)
+                break
             except StreamClosedError:
+                if self._pipeline is not pipeline and not self._closed:
+                    continue  # set_state() from another thread started a new run: read it
                 self._done = True
-                raise StopIteration from None
+                self._raise_end()
             finally:
                 self._wait += time.perf_counter() - started
         kind, payload, nbytes, position = inflight[0]
         if kind != BATCH:
             del inflight[0]
-            self.close()
+            self._finish()
             if kind == END:
                 raise StopIteration
             raise payload
@@ -292,7 +316,7 @@ class Stream(Iterator[T], Generic[T]):
             batch = pipeline.backend.deliver(payload)
         except Exception:  # copy's conversion failed (e.g. a leaf that does not fit): the end
             del inflight[0]
-            self.close()
+            self._finish()
             raise
         if self._progress is not None:
             self._progress.update(self._stats(delivered=position.batches))
@@ -314,11 +338,11 @@ class Stream(Iterator[T], Generic[T]):
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-        pipeline = self._pipeline
+        pipeline = self._pipeline  # one read: a set_state() meanwhile swaps the whole run
         fields: dict[str, Any] = {}
-        if self._log is not None:
+        if pipeline.log is not None:
             wait = 0.0 if pipeline.closed.is_set() else float(timeout)
-            cursor, fields = self._log.state(lambda: pipeline.cursor, wait)
+            cursor, fields = pipeline.log.state(lambda: pipeline.cursor, wait)
         else:
             cursor = pipeline.cursor  # one read: batches and source state always agree
         source = cursor.source
@@ -330,7 +354,7 @@ class Stream(Iterator[T], Generic[T]):
             "source": source,
             **fields,
         }
-        padder = self._padder
+        padder = pipeline.padder
         if padder is not None and padder.full is not None:
             state["batch_size"] = padder.full
         return state
@@ -343,27 +367,88 @@ class Stream(Iterator[T], Generic[T]):
         """Go on from ``state`` (a ``state()`` of a stream over the same source and options).
 
         The batches read ahead are dropped and the producer restarts at ``state``; batches
-        already delivered stay valid. The state's fields are checked before anything is
-        stopped: a malformed one raises ``ValueError`` and leaves the stream as it was. A state
-        the source itself refuses (its own ``set_state()``, or tf.data's iterator) raises
-        ``ValueError`` too, and ends the stream.
+        already delivered stay valid. Call it between batches, from any thread (a ``next()``
+        waiting meanwhile goes on with the new position). A state whose fields are wrong
+        raises ``ValueError`` and leaves the stream as it was; so does one that tf.data
+        refuses, since a tf.data source is reopened before anything is stopped. Another
+        source is iterated again only once the producer has let go of it (``StateTimeoutError``
+        after ``STATE_TIMEOUT`` seconds in a read); a one-shot iterator without
+        ``get_state()``/``set_state()`` cannot go back, and is refused. After ``close()``,
+        make a new stream with ``stream(source, state=...)``.
         """
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict made by Stream.state(), got {state!r}")
+        if self._closed:
+            raise StreamClosedError(
+                "set_state() on a closed stream: make a new one with stream(source, state=...)"
+            )
         if self._pipeline.pid != os.getpid():
             raise RuntimeError("this stream was created in another process (os.fork())")
         saved = self._parse(state)
-        self._finalizer()
-        self._open(saved)
+        if not self._tf_source and iter(self._source) is self._source:
+            if not isinstance(self._source, Checkpointable):
+                raise ValueError(
+                    "set_state() cannot move this source: it is a one-shot iterator (iter() "
+                    "returns itself) without get_state()/set_state(), so the batches before "
+                    "the state cannot be read again. Pass a re-iterable source (a list, a "
+                    "dataset) or a Grain-style iterator"
+                )
+        old = self._pipeline
+        try:
+            if self._tf_source:
+                # A new iterator of the dataset: restored while the old run goes on, so a
+                # state tf.data refuses leaves this stream as it was.
+                new = self._build(saved)
+                self._finalizer.detach()
+                old.close()
+            else:
+                # The same source object: the old producer must let go of it first.
+                self._finalizer.detach()
+                old.close(join=STATE_TIMEOUT)
+                if not old.stopped():
+                    raise StateTimeoutError(
+                        f"set_state(): the source is still inside a read after "
+                        f"{STATE_TIMEOUT} s, and reading it again meanwhile would interleave "
+                        "the two; this stream is closed: resume with stream(source, state=...)"
+                    )
+                new = self._build(saved)
+        except BaseException as error:
+            if self._pipeline is old and old.closed.is_set():
+                # Interrupted (or refused) after the old run stopped: nothing runs any more.
+                self._interrupted = (
+                    f"set_state() did not finish ({type(error).__name__}): the stream has no "
+                    "position; call set_state() again, or make a new stream"
+                )
+                self._done = True
+            raise
+        self._delivered_before += old.cursor.batches - old.first
+        self._inflight = []
+        self._pipeline = new
+        self._interrupted = None
+        self._done = False
+        self._start()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the producer (within a second, even if it waits for a free slot) and free every
         slot that no batch holds. Idempotent; batches already delivered stay valid."""
-        self._done = True
+        self._closed = True
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        self._finish()
+
+    def _finish(self) -> None:
+        """The end of this run (the source's end, an error, or close()): ``set_state()`` may
+        still start another unless the stream was closed."""
+        self._done = True
         self._inflight.clear()
         self._finalizer()
+
+    def _raise_end(self) -> NoReturn:
+        if self._interrupted is not None:
+            raise StreamClosedError(self._interrupted)
+        raise StopIteration
 
     def __enter__(self) -> Stream[T]:
         return self
@@ -385,15 +470,15 @@ class Stream(Iterator[T], Generic[T]):
         return self._stats(self._pipeline.cursor.batches)
 
     def _stats(self, delivered: int) -> StreamStats:
-        backend = self._backend_impl
+        pipeline = self._pipeline
+        backend = pipeline.backend
         pool = backend.pool_stats()
         slots = pool.get("slots", 0)
         pool_bytes = pool.get("pool_bytes", 0)
         copied = self._bytes if backend.consumer_copies() else pool.get("bytes_copied", 0)
-        pipeline = self._pipeline
         return StreamStats(
             backend=self._backend,
-            batches=delivered - self._first,
+            batches=self._delivered_before + delivered - pipeline.first,
             bytes=self._bytes,
             wait_seconds=self._wait,
             producer_busy_seconds=max(

@@ -11,10 +11,9 @@ import binascii
 import dataclasses
 import re
 import sys
-import warnings
 from typing import Any
 
-from .errors import FastbridgeWarning
+from .errors import warn
 
 
 def tf_module() -> Any:
@@ -247,8 +246,6 @@ def check_checkpoint(facts: PipelineFacts) -> None:
             "ops (tf.random.stateless_uniform, Dataset.random) to make them exact"
         )
     if limits:
-        warnings.warn(
+        warn(
             "checkpoint=True cannot resume this pipeline exactly: " + "; and ".join(limits),
-            FastbridgeWarning,
-            stacklevel=5,
         )

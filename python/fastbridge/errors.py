@@ -16,6 +16,10 @@ that names the leaf's path).
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 
 class FastbridgeError(Exception):
     """Base class of every fastbridge error."""
@@ -119,6 +123,20 @@ class FastbridgeWarning(UserWarning):
     """Something will work, but not as well as a user would assume: e.g. ``checkpoint=True``
     on a pipeline that tf.data cannot restore exactly. Filter it with ``warnings`` like any
     other warning."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str) -> None:
+    """Issue a ``FastbridgeWarning`` attributed to the user's line: the first frame outside
+    this package, however the call reached here (``stream()``, ``Stream()``, a wrapper)."""
+    frame = sys._getframe(1)
+    level = 2  # warnings.warn's stacklevel=1 is this function; 2 its caller, frame here
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, FastbridgeWarning, stacklevel=level)
 
 
 __all__ = [

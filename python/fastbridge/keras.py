@@ -9,10 +9,10 @@ reach the jitted train step as the ``jax.Array`` leaves the stream made, without
 With ``pad_last=True`` the stream's mask becomes the batch's ``sample_weight`` (``1.0`` on
 real rows, ``0.0`` on padding), so the train step compiles once. Give the loss
 ``reduction="mean_with_sample_weight"`` and training is what it is unpadded, up to float
-rounding (the padding rows carry no weight and do not count in the mean); Keras's per-epoch averages of
-loss and metrics still weigh each batch by its rows, padding included, so the numbers it
-reports for the last batch differ a little. Predict without ``pad_last`` (or drop the padded
-rows), since every padded row gets a prediction.
+rounding (the padding rows carry no weight and do not count in the mean); Keras's per-epoch
+averages of loss and metrics still weigh each batch by its rows, padding included, so the
+numbers it reports for the last batch differ a little. Predict without ``pad_last`` (or drop
+the padded rows), since every padded row gets a prediction.
 
 Keras asks a ``PyDataset`` for batches by index and shuffles those indices by default; the
 index is not used here: shuffling is the source's job (``ds.shuffle``), and a stream yields
@@ -65,9 +65,7 @@ class StreamDataset(keras.utils.PyDataset):  # type: ignore[misc]
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)):
             raise TypeError(f"steps must be an int >= 1 or None, got {steps!r}")
         if steps is not None and not 1 <= steps <= (length if length is not None else steps):
-            raise ValueError(
-                f"steps must be from 1 to the source's {length} batches, got {steps}"
-            )
+            raise ValueError(f"steps must be from 1 to the source's {length} batches, got {steps}")
         self._source = source
         self._options = options
         self._steps = steps if steps is not None else length
