@@ -105,6 +105,23 @@ def test_targets_are_ratios_with_verdicts():
     assert "MISSED" in text and "met" in text and "not measured" in text
 
 
+def test_verdicts_whose_rounds_straddle_the_goal_are_marked_noisy():
+    def target(ratio, low, high, op="<="):
+        met = ratio <= 1.0 if op == "<=" else ratio >= 1.0
+        return {"target": "t", "where": "w", "ratio": ratio, "low": low, "high": high,
+                "op": op, "threshold": 1.0, "met": met}  # fmt: skip
+
+    steady, flipping = target(1.2, 1.1, 1.3), target(1.2, 0.9, 1.4)
+    assert not report.noisy(steady) and report.noisy(flipping)
+    assert report.noisy(target(0.95, 0.8, 1.1)) and not report.noisy(target(2.0, 1.5, 3.0, ">="))
+    assert report.noisy(target(1.5, 0.5, 3.0, ">="))
+    ((_, _, _, verdict),) = report.target_lines([flipping])
+    assert verdict == "MISSED (noisy)"
+    note = report.noise_note([steady, flipping])
+    assert note.startswith("2 of 2 targets missed; 1 verdicts are noisy") and "--repeats" in note
+    assert "no verdict is noisy" in report.noise_note([steady])
+
+
 def test_targets_pair_rounds_so_drift_cancels():
     # The machine slows down 2x between rounds; within each round route 3 is 0.98x auto's wall
     # time. Each round's ratio is the same, so the drift cannot show in the paired ratio.

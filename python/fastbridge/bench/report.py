@@ -390,6 +390,18 @@ def render_markdown(table: tuple[str, list[str], list[list[str]]]) -> str:
     return "\n".join(lines)
 
 
+def noisy(target: dict[str, Any]) -> bool:
+    """Whether the rounds straddle the goal: the best round and the worst one disagree on
+    the verdict, so the median alone cannot be trusted (rerun idle, or with more repeats)."""
+    low, high = target.get("low"), target.get("high")
+    if target["ratio"] is None or low is None or high is None:
+        return False
+    threshold = target["threshold"]
+    if target["op"] == "<=":
+        return bool(low <= threshold < high)
+    return bool(low < threshold <= high)
+
+
 def target_lines(targets: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
     out = []
     for t in targets:
@@ -397,10 +409,30 @@ def target_lines(targets: list[dict[str, Any]]) -> list[tuple[str, str, str, str
         if t["ratio"] is not None and t.get("low") is not None:
             ratio += f" [{t['low']:.3f}-{t['high']:.3f}]"
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        if noisy(t):
+            verdict += " (noisy)"
         out.append(
             (f"{t['target']} ({t['where']})", f"{t['op']} {t['threshold']:g}", ratio, verdict)
         )
     return out
+
+
+def noise_note(targets: list[dict[str, Any]]) -> str:
+    """One sentence on how far the verdicts can be trusted."""
+    judged = [t for t in targets if t["met"] is not None]
+    flipping = [t for t in judged if noisy(t)]
+    missed = [t for t in judged if t["met"] is False]
+    if not flipping:
+        return (
+            f"{len(missed)} of {len(judged)} targets missed; no verdict is noisy (every round "
+            "agrees with the median)."
+        )
+    return (
+        f"{len(missed)} of {len(judged)} targets missed; {len(flipping)} verdicts are noisy "
+        "(marked: their best and worst rounds disagree), so trust only the others. A busy "
+        "machine or few rounds (--quick) widens the brackets: rerun on an idle machine, or "
+        "with more --repeats, before reading a noisy verdict either way."
+    )
 
 
 def render_targets_text(targets: list[dict[str, Any]]) -> str:
@@ -412,7 +444,7 @@ def render_targets_text(targets: list[dict[str, Any]]) -> str:
         ["target", "goal", "measured", "verdict"],
         [list(r) for r in rows],
     )
-    return render_text(table)
+    return render_text(table) + "\n" + noise_note(targets)
 
 
 # -- machine ----------------------------------------------------------------------------------
@@ -500,8 +532,9 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---:|---|",
     ]
     for name, goal, ratio, verdict in target_lines(result["targets"]):
-        verdict = f"**{verdict}**" if verdict == "MISSED" else verdict
+        verdict = f"**{verdict}**" if verdict.startswith("MISSED") else verdict
         lines.append(f"| {name} | {goal} | {ratio} | {verdict} |")
+    lines += ["", noise_note(result["targets"])]
     for table in tables(result["summary"]):
         lines += ["", render_markdown(table)]
     if result.get("gpu"):
