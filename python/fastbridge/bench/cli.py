@@ -262,6 +262,13 @@ class Progress:
             self.last = time.monotonic()
             print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
 
+    def note(self, text: str) -> None:
+        """A status line above the bar (printing it directly would land inside the bar)."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -341,10 +348,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             meta.update(
                 step_seconds=step.seconds, step_iterations=step.iterations, step_state=sc.STATE
             )
-            print(
+            progress.note(
                 f"handoff step: jitted CPU computation measured at {step.seconds * 1e3:.2f} ms "
-                f"({step.iterations} chained {sc.STATE}x{sc.STATE} matmuls)",
-                file=sys.stderr,
+                f"({step.iterations} chained {sc.STATE}x{sc.STATE} matmuls)"
             )
             for layout, size, batch, ds in _datasets(sc, layouts, sizes):
                 resident = jax.device_put(batch)
