@@ -193,10 +193,11 @@ class Stream(Iterator[T], Generic[T]):
             source = distribute(source, options.service)
         self._template_source = source
         self._limit = None
+        if process_count() > 1 and options.service is None and options.shard_by_process:
+            source = shard_source(source, tf_source)
+        length = known_length(source)
         if process_count() > 1:
-            if options.service is None and options.shard_by_process:
-                source = shard_source(source, tf_source)
-            self._limit = agree_on_batches(known_length(source), pad_last=options.pad_last)
+            self._limit = agree_on_batches(length, pad_last=options.pad_last)
         self._source = source
         self._tf_source = tf_source
         self._x64 = x64_enabled()
@@ -204,8 +205,7 @@ class Stream(Iterator[T], Generic[T]):
         self._started = time.perf_counter()
         self._bytes = 0
         self._wait = 0.0
-        total = known_length(source)
-        self._progress = ProgressBar(total, self._backend) if options.progress else None
+        self._progress = ProgressBar(length, self._backend) if options.progress else None
         self._closed = False  # by close(): only then does set_state() refuse
         self._interrupted: str | None = None  # why a set_state() left no producer running
         self._delivered_before = 0  # batches delivered by the runs before the current one
@@ -385,7 +385,9 @@ class Stream(Iterator[T], Generic[T]):
         if self._pipeline.pid != os.getpid():
             raise RuntimeError("this stream was created in another process (os.fork())")
         saved = self._parse(state)
-        if not self._tf_source and iter(self._source) is self._source:
+        # An iterator is its own one pass (asked without calling iter(), which for a Grain
+        # dataset would open an iterator, workers and all, only to throw it away).
+        if not self._tf_source and isinstance(self._source, Iterator):
             if not isinstance(self._source, Checkpointable):
                 raise ValueError(
                     "set_state() cannot move this source: it is a one-shot iterator (iter() "
