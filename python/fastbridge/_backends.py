@@ -62,16 +62,20 @@ class Placement:
     def __init__(self, device: jax.Device, sharding: jax.sharding.Sharding | None) -> None:
         self.device = device
         self.sharding = sharding
+        # Shapes already found to fit: every batch but the last has the same ones, so the
+        # sharding is asked once per shape, not once per leaf of every batch.
+        self._fits: set[tuple[int, ...]] = set()
 
     def check(self, path: str, local_shape: tuple[int, ...]) -> None:
         """Raise ``ShardingError`` naming the leaf when the sharding cannot lay it out."""
-        if self.sharding is None:
+        if self.sharding is None or local_shape in self._fits:
             return
         full = self.global_shape(local_shape)
         try:
             self.sharding.shard_shape(full)
         except Exception as error:
             raise _sharding_error(self.sharding, path, full, error) from None
+        self._fits.add(local_shape)
 
     def global_shape(self, local_shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.sharding is None:
@@ -211,7 +215,7 @@ class SlotConverter:
         end = 0
         fallback: set[int] = set()
         for i, (spec, leaf) in enumerate(zip(specs, leaves, strict=True)):
-            self.placement.check(spec.path, leaf.shape)
+            self.placement.check(spec.path, tuple(leaf.shape))
             blocks = self.placement.row_blocks(leaf.shape)
             if not blocks:
                 fallback.add(i)
@@ -405,7 +409,7 @@ class CopyConverter:
             if spec.passthrough:
                 out.append(leaf)
                 continue
-            self.placement.check(spec.path, leaf.shape)
+            self.placement.check(spec.path, tuple(leaf.shape))
             array = jnp.array(checked_narrow(leaf, spec), device=self.placement.device)
             if self.placement.sharding is not None:
                 (array,) = self.placement.place([array])
