@@ -1,0 +1,103 @@
+"""Sample user code for the doctor's tests: dataset factories (tf.data, Grain, a generator,
+a deliberately slow source) and steps (a quick one, a deliberately slow one, one that
+raises). Each factory returns a fresh dataset on every call, as the doctor requires."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROWS, COLS = 16, 256
+
+
+def _rows(i: int) -> np.ndarray:
+    return np.full((ROWS, COLS), i, np.float32)
+
+
+def tf_pipeline() -> Any:
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.range(10_000).map(lambda i: tf.fill([COLS], tf.cast(i, tf.float32)))
+    return ds.batch(ROWS).prefetch(2)
+
+
+def _slow(x: Any) -> Any:
+    time.sleep(0.004)  # a slow decode, per element, in one thread
+    return x
+
+
+def slow_tf_pipeline() -> Any:
+    """A source that bounds any job: a sequential map of Python work, no prefetch, no cache."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.range(10_000).map(lambda i: tf.fill([COLS], tf.cast(i, tf.float32)))
+    ds = ds.map(lambda x: tf.numpy_function(_slow, [x], tf.float32, stateful=False))
+    return ds.batch(2)
+
+
+def grain_dataset() -> Any:
+    import grain
+
+    rows = grain.MapDataset.range(10_000).map(lambda i: np.full(COLS, i, np.float32))
+    return rows.batch(ROWS).to_iter_dataset()
+
+
+def grain_map_dataset() -> Any:
+    import grain
+
+    return grain.MapDataset.range(10_000).map(lambda i: np.full(COLS, i, np.float32)).batch(ROWS)
+
+
+def generator() -> Iterator[dict[str, np.ndarray]]:
+    for i in range(10_000):
+        yield {"x": _rows(i), "y": np.arange(ROWS, dtype=np.int32)}
+
+
+def few() -> list[np.ndarray]:
+    return [_rows(i) for i in range(12)]
+
+
+def empty() -> list[np.ndarray]:
+    return []
+
+
+def not_iterable() -> int:
+    return 42
+
+
+NOT_CALLABLE = 3
+
+
+@jax.jit
+def _work(x: jax.Array) -> jax.Array:
+    return jnp.tanh(x @ x.T).sum()
+
+
+def step(batch: Any) -> Any:
+    """A quick step: one small matmul on every leaf."""
+    return [_work(leaf) for leaf in jax.tree_util.tree_leaves(batch) if leaf.ndim == 2]
+
+
+_weight = jnp.ones((COLS, COLS), jnp.float32) / COLS
+
+
+@jax.jit
+def _heavy(x: jax.Array) -> jax.Array:
+    def body(_: int, y: jax.Array) -> jax.Array:
+        return jnp.tanh(y @ _weight)
+
+    return jax.lax.fori_loop(0, 1000, body, x).sum()
+
+
+def slow_step(batch: Any) -> Any:
+    """A step that bounds any job (tens of ms on a 2-core CPU): chained matmuls."""
+    return _heavy(jax.tree_util.tree_leaves(batch)[0])
+
+
+def failing_step(batch: Any) -> Any:
+    raise ValueError("the model expects 3 leaves")
