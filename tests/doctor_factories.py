@@ -101,3 +101,19 @@ def slow_step(batch: Any) -> Any:
 
 def failing_step(batch: Any) -> Any:
     raise ValueError("the model expects 3 leaves")
+
+
+def grain_loader() -> Any:
+    import grain
+
+    class Rows:
+        def __len__(self) -> int:
+            return 4_000
+
+        def __getitem__(self, i: int) -> np.ndarray:
+            return np.full(COLS, i, np.float32)
+
+    sampler = grain.samplers.IndexSampler(4_000, shuffle=False, num_epochs=1)
+    return grain.DataLoader(
+        data_source=Rows(), sampler=sampler, operations=[grain.transforms.Batch(ROWS)]
+    )

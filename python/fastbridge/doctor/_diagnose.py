@@ -11,8 +11,8 @@ from typing import Any
 
 import jax
 
-from ..bench.cli import Progress
 from .._tfdata import pipeline_facts
+from ..bench.cli import Progress
 from ..bench.report import Ratios, summarize
 from . import _advice, _measure
 from ._load import DoctorError, close, describe, fresh, kind_of, numpy_batches, resolve
@@ -145,6 +145,12 @@ def diagnose(
             sample = _measure.run(m, ctx, _measure.PROBE_BATCHES, end)
             if sample is not None:
                 probe[m.key] = sample
+        if not probe and stopped:
+            raise DoctorError(
+                f"budget={budget!r} s ran out before the first measurement: importing and "
+                f"opening factory {name!r} (and compiling the step) took "
+                f"{time.perf_counter() - started:.1f} s; give a larger budget"
+            )
         if not probe:
             raise DoctorError(
                 f"factory {name!r}: its dataset has no batch after the warm-up one; give "
@@ -251,7 +257,7 @@ def _conclude(
     plain = paired(f"{group}{backend}", f"{group}device_put")
     if plain[0] is not None:
         backend_why += f"; {plain[0]:.2f}x the batches/s of the plain jax.device_put loop"
-        if plain[0] < 1.0 and (plain[2] is None or plain[2] < 1.0):
+        if plain[0] < 0.95 and (plain[2] is None or plain[2] < 1.0):
             notes.append(
                 f"the plain jax.device_put loop was faster than fastbridge {backend} in "
                 f"every round ({1 / plain[0]:.2f}x): at this batch size and pace a thread "
