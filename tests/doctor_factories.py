@@ -117,3 +117,36 @@ def grain_loader() -> Any:
     return grain.DataLoader(
         data_source=Rows(), sampler=sampler, operations=[grain.transforms.Batch(ROWS)]
     )
+
+
+def jpeg_pipeline() -> Any:
+    """A realistic tf.data pipeline: JPEG decode and a random flip in a parallel map,
+    shuffle, batch, prefetch (the benchmark's end-to-end dataset)."""
+    from fastbridge.bench.scenarios import e2e_dataset
+
+    return e2e_dataset(records=512, batch=64)
+
+
+class TrainStep:
+    """A train step that keeps its state, called as ``step(batch)``: the doctor's signature
+    for a step of the usual ``params = train(params, batch)`` form."""
+
+    def __init__(self) -> None:
+        from fastbridge.bench.scenarios import mlp_step
+
+        step, init = mlp_step(hidden=256, batch=64)
+        self.train, self.params = step.fn, init()
+
+    def __call__(self, batch: Any) -> Any:
+        self.params = self.train(self.params, batch)
+        return self.params
+
+
+_trainer: list[TrainStep] = []
+
+
+def train_step(batch: Any) -> Any:
+    """``step(batch)`` of an MLP's SGD step (built on first use: it compiles)."""
+    if not _trainer:
+        _trainer.append(TrainStep())
+    return _trainer[0](batch)

@@ -65,7 +65,12 @@ def text(d: Diagnosis) -> str:
         "",
         f"Bound by: {d.bound.upper()}: {d.why}.",
         f"Input-bound share: {share}.",
-        f"Recommended: stream(ds, backend={d.backend!r}, prefetch={d.prefetch}): "
+        (
+            "Recommended: keep the plain jax.device_put loop (see the notes); with fastbridge, "
+            if d.plain_loop_faster
+            else "Recommended: "
+        )
+        + f"stream(ds, backend={d.backend!r}, prefetch={d.prefetch}): "
         f"{d.backend_why}; prefetch: {d.prefetch_why}.",
     ]
     if d.knobs:
@@ -116,14 +121,19 @@ def plot(d: Diagnosis, path: str) -> None:
     m = [r["metrics"]["steps_per_s"] for r in rows]
     medians = [x["median"] for x in m]
     errors = [[x["median"] - x["min"] for x in m], [x["max"] - x["median"] for x in m]]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
     y = list(range(len(rows)))[::-1]
     colours = [GROUP_COLOURS.get(r["group"], "C9") for r in rows]
     ax.barh(y, medians, xerr=errors, color=colours, capsize=3)
+    for at, value in zip(y, medians, strict=True):
+        ax.annotate(f" {value:,.1f}", (value, at), va="center", fontsize=8)
     ax.set_yticks(y, labels)
-    ax.set_xlabel("batches/s (median, bars: lowest-highest round)")
-    share = "" if d.input_bound_share is None else f", input wait {100 * d.input_bound_share:.0f}%"
-    ax.set_title(f"{d.factory}: bound by the {d.bound}{share}", fontsize=10)
+    # Rates differ by orders of magnitude (a fast step against a slow source): log scale.
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(x["max"] for x in m) * 4)
+    ax.set_xlabel("batches/s (median; error bars: lowest and highest round)")
+    share = "" if d.input_bound_share is None else f", input wait {_percent(d.input_bound_share)}"
+    ax.set_title(f"{d.factory}\nbound by the {d.bound}{share}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
