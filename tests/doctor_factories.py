@@ -150,3 +150,11 @@ def train_step(batch: Any) -> Any:
     if not _trainer:
         _trainer.append(TrainStep())
     return _trainer[0](batch)
+
+
+def grain_workers() -> Any:
+    """A Grain dataset whose transformations run in two worker processes."""
+    import grain
+
+    options = grain.multiprocessing.MultiprocessingOptions(num_workers=2)
+    return grain_dataset().mp_prefetch(options)

@@ -189,3 +189,14 @@ def test_the_cli_reports_errors_on_stderr_with_exit_code_2():
     assert "fastbridge.doctor: error: factory 'doctor_factories:not_iterable' returned int" in (
         done.stderr
     )
+
+
+def test_without_matplotlib_the_json_is_written_and_the_plot_skipped(tmp_path, monkeypatch):
+    import doctor_factories as f
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    d = diagnose(f.few, budget=2.0, out=tmp_path, progress=False)
+    assert any(note.startswith("no plot: matplotlib is not installed") for note in d.notes)
+    assert d.files == (str(tmp_path / "doctor.json"),)
+    assert json.loads((tmp_path / "doctor.json").read_text())["notes"] == list(d.notes)
+    assert not (tmp_path / "doctor.png").exists()

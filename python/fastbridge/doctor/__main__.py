@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from ._cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes (Grain's mp_prefetch) import the main module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

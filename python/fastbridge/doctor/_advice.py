@@ -17,7 +17,12 @@ MAX_PREFETCH = 64
 DEFAULT_PREFETCH = 4
 
 
-def bound(source_rate: float, handoff_rate: float, wait_share: float | None) -> tuple[str, str]:
+def bound(
+    source_rate: float,
+    handoff_rate: float,
+    wait_share: float | None,
+    step_rate: float | None = None,
+) -> tuple[str, str]:
     """``(part, why)``: ``input pipeline``, ``handoff`` or ``step``.
 
     >>> bound(100.0, 95.0, 0.05)[0], bound(100.0, 95.0, 0.6)[0], bound(100.0, 40.0, 0.6)[0]
@@ -39,6 +44,7 @@ def bound(source_rate: float, handoff_rate: float, wait_share: float | None) -> 
         return "input pipeline", (
             f"{waited}the best handoff delivers {handoff_rate:.1f} batches/s, as fast as the "
             f"source alone ({source_rate:.1f} batches/s): the source is the slowest part"
+            + (f" (the step alone runs {step_rate:.1f} batches/s)" if step_rate is not None else "")
         )
     return "handoff", (
         f"{waited}the source alone gives {source_rate:.1f} batches/s but the best handoff "

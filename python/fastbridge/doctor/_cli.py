@@ -34,8 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _absl_parsed() -> None:
+    # Grain reads absl flags (its multiprocess workers too), which raise until parsed; this
+    # process is ours, not run by absl.app, so its flags are the defaults.
+    try:
+        from absl import flags
+    except ImportError:
+        return
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _absl_parsed()
     from ._diagnose import diagnose
 
     try:

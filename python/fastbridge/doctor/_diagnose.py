@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
 import typing
@@ -145,6 +146,8 @@ def diagnose(
                 break
             bar.update(f"probe {m.key}")
             sample = _measure.run(m, ctx, _measure.PROBE_BATCHES, end)
+            if kind == "grain":
+                gc.collect()
             if sample is not None:
                 probe[m.key] = sample
         if not probe and stopped:
@@ -177,6 +180,8 @@ def diagnose(
                     break
                 bar.update(f"round {rep + 1}/{chosen.rounds} {m.key}")
                 sample = _measure.run(m, ctx, chosen.batches, end)
+                if kind == "grain":
+                    gc.collect()  # a Grain iterator's worker processes end when it is freed
                 if sample is not None:
                     samples.append({**sample, "rep": rep, "scenario": SCENARIO})
             if stopped:
@@ -193,6 +198,12 @@ def diagnose(
         done = {0}
     if stopped and not any("budget ran out" in n for n in notes):
         notes.append("the budget ran out during the probe: stopped early")
+    missing = [m.key for m in todo if m.key not in {s["route"] for s in samples}]
+    if missing:
+        notes.append(
+            f"not measured: {', '.join(missing)}; the verdict rests on the rest (raise the "
+            "budget to measure everything)"
+        )
     if any(s["truncated"] for s in samples):
         notes.append("some measurements were cut short by the budget")
     return _conclude(
@@ -277,7 +288,8 @@ def _conclude(
     if with_step and f"loop:{backend}" in summary:
         share = float(summary[f"loop:{backend}"]["metrics"]["wait_fraction"]["median"])
     handoffs = [rate(m.key) for m in order if m.group == "handoff"]
-    part, why = _advice.bound(rate("source"), max(handoffs, default=0.0), share)
+    step_rate = rate("step") if "step" in summary else None
+    part, why = _advice.bound(rate("source"), max(handoffs, default=0.0), share, step_rate)
     step_seconds = None
     if "step" in summary:
         step_seconds = float(summary["step"]["metrics"]["seconds"]["median"])

@@ -8,6 +8,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..bench.plots import PlotsUnavailable, _pyplot
 from ..bench.report import machine_info, render_text
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def table(d: Diagnosis) -> str:
 
 def text(d: Diagnosis) -> str:
     share = (
-        "n/a (no step given)"
+        ("not measured (the budget ran out first)" if d.step else "n/a (no step given)")
         if d.input_bound_share is None
         else f"{_percent(d.input_bound_share)} of the loop's time waiting for input"
     )
@@ -92,7 +93,7 @@ def write(d: Diagnosis, out: str) -> Diagnosis:
     try:
         plot(d, path)
         files.append(path)
-    except ImportError as error:
+    except PlotsUnavailable as error:
         d = dataclasses.replace(d, notes=(*d.notes, f"no plot: {error}"))
     json_path = os.path.join(out, "doctor.json")
     d = dataclasses.replace(d, files=(json_path, *files))
@@ -109,12 +110,7 @@ def _plain(value: Any) -> Any:
 
 def plot(d: Diagnosis, path: str) -> None:
     """One horizontal bar per measurement: batches/s, median with the rounds' range."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("matplotlib is not installed (pip install matplotlib)") from None
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = [r for r in d.rows if math.isfinite(r["metrics"]["steps_per_s"]["median"])]
     labels = [r["label"] for r in rows]
@@ -124,9 +120,10 @@ def plot(d: Diagnosis, path: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
     y = list(range(len(rows)))[::-1]
     colours = [GROUP_COLOURS.get(r["group"], "C9") for r in rows]
-    ax.barh(y, medians, xerr=errors, color=colours, capsize=3)
-    for at, value in zip(y, medians, strict=True):
-        ax.annotate(f" {value:,.1f}", (value, at), va="center", fontsize=8)
+    ax.barh(y, medians, xerr=errors, color=colours, capsize=3, ecolor="dimgray")
+    for at, value, spread in zip(y, medians, m, strict=True):
+        # Right of the error bar, so the figure never sits on a whisker.
+        ax.annotate(f"  {value:,.1f}", (spread["max"], at), va="center", fontsize=8)
     ax.set_yticks(y, labels)
     # Rates differ by orders of magnitude (a fast step against a slow source): log scale.
     ax.set_xscale("log")
