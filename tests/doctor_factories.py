@@ -62,6 +62,10 @@ def few() -> list[np.ndarray]:
     return [_rows(i) for i in range(12)]
 
 
+def three() -> list[np.ndarray]:
+    return [_rows(i) for i in range(3)]
+
+
 def empty() -> list[np.ndarray]:
     return []
 

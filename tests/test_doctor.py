@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fastbridge.doctor import DoctorError, StepError, diagnose
+from fastbridge.doctor import DoctorError, StepError, diagnose, main
 
 HERE = Path(__file__).parent
 MARGIN = 15.0
@@ -33,7 +33,7 @@ def cli(*args: str, budget: float) -> tuple[subprocess.CompletedProcess[str], fl
 @pytest.mark.parametrize(
     ("factory", "kind", "routes", "budget"),
     [
-        ("doctor_factories:tf_pipeline", "tf.data", {"auto", "ring", "numpy", "direct"}, 6.0),
+        ("doctor_factories:tf_pipeline", "tf.data", {"auto", "ring", "numpy", "direct"}, 10.0),
         ("doctor_factories:grain_dataset", "grain", {"auto", "ring", "numpy"}, 3.0),
         ("doctor_factories.py:generator", "iterable", {"auto", "ring", "numpy"}, 3.0),
     ],
@@ -41,7 +41,14 @@ def cli(*args: str, budget: float) -> tuple[subprocess.CompletedProcess[str], fl
 def test_the_cli_diagnoses_each_kind_of_source(tmp_path, factory, kind, routes, budget):
     out = tmp_path / "results"
     done, seconds = cli(
-        factory, "--step", "doctor_factories:step", "--out", str(out), budget=budget
+        factory,
+        "--step",
+        "doctor_factories:step",
+        "--batches",
+        "10",
+        "--out",
+        str(out),
+        budget=budget,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"({kind})" in done.stdout
@@ -51,12 +58,19 @@ def test_the_cli_diagnoses_each_kind_of_source(tmp_path, factory, kind, routes, 
     figures = json.loads((out / "doctor.json").read_text())
     assert figures["kind"] == kind and figures["rounds"] >= 1
     measured = {row["key"] for row in figures["rows"]}
-    # Every route that applies, each alone and in the loop, plus the source and the step.
-    assert measured == {"source", "step", "device_put", "loop:device_put"} | routes | {
-        f"loop:{r}" for r in routes
-    }
+    # Every route that applies, each alone and in the loop, plus the source and the step;
+    # on a busy machine the budget may not reach them all, and a note names those it missed.
+    expected = {"source", "step", "device_put", "loop:device_put"} | routes
+    expected |= {f"loop:{r}" for r in routes}
+    missed = [n for n in figures["notes"] if n.startswith("not measured: ")]
+    named = (
+        set(missed[0].removeprefix("not measured: ").split(";")[0].split(", ")) if missed else set()
+    )
+    assert measured | named == expected and not measured & named
+    assert "source" in measured
     assert figures["bound"] in ("input pipeline", "handoff", "step")
-    assert 0.0 <= figures["input_bound_share"] <= 1.0
+    if f"loop:{figures['backend']}" in measured:
+        assert 0.0 <= figures["input_bound_share"] <= 1.0
     assert (out / "doctor.png").stat().st_size > 1000
     # Rounds interleave the measurements: every round has each of them once.
     reps = [s["rep"] for s in figures["samples"] if s["route"] == "source"]
@@ -141,6 +155,8 @@ def test_the_function_api_takes_callables_and_grain_loaders():
          "returned int 42, which is not a dataset"),
         ("doctor_factories:empty", None, "factory 'doctor_factories:empty' returned an empty "
          "dataset"),
+        ("doctor_factories:three", None, "factory 'doctor_factories:three': its dataset has "
+         "no batch left to time after the 5 warm-up batches"),
         ("doctor_factories:few", "doctor_factories:", "step must look like MODULE:NAME"),
         ("doctor_factories:few", "doctor_factories:nope", "step 'doctor_factories:nope': "
          "module 'doctor_factories' has no attribute 'nope'"),
@@ -183,11 +199,10 @@ def test_a_budget_spent_before_the_first_measurement_is_an_error():
         diagnose(late, budget=0.2, progress=False)
 
 
-def test_the_cli_reports_errors_on_stderr_with_exit_code_2():
-    done, _ = cli("doctor_factories:not_iterable", "--no-progress", budget=3.0)
-    assert done.returncode == 2
+def test_the_cli_reports_errors_on_stderr_with_exit_code_2(capsys):
+    assert main(["doctor_factories:not_iterable", "--no-progress"]) == 2
     assert "fastbridge.doctor: error: factory 'doctor_factories:not_iterable' returned int" in (
-        done.stderr
+        capsys.readouterr().err
     )
 
 

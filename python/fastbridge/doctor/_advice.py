@@ -29,17 +29,28 @@ def bound(
     ('step', 'input pipeline', 'handoff')
     >>> bound(100.0, 40.0, None)[0]
     'handoff'
+    >>> bound(100.0, 95.0, 0.05, step_rate=1000.0)[0]  # a loop cannot outrun its source
+    'input pipeline'
     """
-    if wait_share is not None and wait_share < INPUT_BOUND:
-        return "step", (
-            f"the loop waited for input only {100 * wait_share:.1f}% of its time: the step "
-            "is the slowest part"
-        )
     waited = (
         f"the loop waited for input {100 * wait_share:.0f}% of its time; "
         if wait_share is not None
         else ""
     )
+    if wait_share is not None and wait_share < INPUT_BOUND:
+        if step_rate is None or step_rate * KEEPS_UP <= source_rate:
+            return "step", (
+                f"the loop waited for input only {100 * wait_share:.1f}% of its time: the "
+                "step is the slowest part"
+            )
+        # A loop cannot outrun its source for long: its timed stretch was too short to
+        # show the waits, so the rates measured alone decide.
+        waited = (
+            f"the loop waited for input only {100 * wait_share:.1f}% of its timed batches, "
+            f"but the step alone ({step_rate:.1f} batches/s) outruns the source alone "
+            f"({source_rate:.1f}), which no loop sustains (more --batches would show the "
+            "waits); "
+        )
     if handoff_rate >= KEEPS_UP * source_rate:
         return "input pipeline", (
             f"{waited}the best handoff delivers {handoff_rate:.1f} batches/s, as fast as the "

@@ -158,8 +158,9 @@ def diagnose(
             )
         if not probe:
             raise DoctorError(
-                f"factory {name!r}: its dataset has no batch after the warm-up one; give "
-                "the doctor a dataset of several batches"
+                f"factory {name!r}: its dataset has no batch left to time after the "
+                f"{prefetch + 1} warm-up batches (prefetch + 1); give the doctor a dataset "
+                "of more batches, or a smaller prefetch"
             )
         chosen = _measure.plan(probe, end - time.perf_counter(), batches, rounds)
         if chosen.note:

@@ -1,7 +1,10 @@
 """The measurements, one run each, and the plan that fits rounds of them into the budget.
 
-Every measurement opens a fresh dataset from the factory, reads one warm-up batch (pipeline
-start-up, worker processes, compilation) and then times ``batches`` batches. Rounds run every
+Every measurement opens a fresh dataset from the factory, reads ``prefetch + 1`` warm-up
+batches and then times ``batches`` batches. The warm-up takes the start-up (a fresh
+iterator, worker processes, a stream's thread) out of the timing, and drains what the
+read-ahead buffers filled meanwhile: timed batches then come at the steady pace, not for free
+from a buffer filled while nothing was timed. Rounds run every
 measurement once, in the same order, so a ratio within one round compares runs seconds apart.
 """
 
@@ -18,7 +21,6 @@ import jax
 from .. import stream
 from ._load import StepError, close, fresh, numpy_batches
 
-WARMUP = 1
 PROBE_BATCHES = 3
 
 
@@ -108,7 +110,7 @@ def run(m: Measure, ctx: Context, batches: int, deadline: float) -> dict[str, An
         iterator = _open(m, ctx)
     try:
         if iterator is not None:
-            for _ in range(WARMUP):
+            for _ in range(ctx.prefetch + 1):
                 batch = next(iterator, None)
                 if batch is None:
                     return None
