@@ -29,13 +29,15 @@ def cli(*args: str, budget: float) -> tuple[subprocess.CompletedProcess[str], fl
     return done, time.monotonic() - started
 
 
-# The budget counts from the start of diagnose(): importing TensorFlow (seconds) is in it.
+# The budget counts from the start of diagnose(): importing TensorFlow is in it, which takes
+# seconds, and ten on a loaded 2-core machine. At most --rounds (5) rounds run, so on an idle
+# machine these runs end long before their budget.
 @pytest.mark.parametrize(
     ("factory", "kind", "routes", "budget"),
     [
-        ("doctor_factories:tf_pipeline", "tf.data", {"auto", "ring", "numpy", "direct"}, 10.0),
-        ("doctor_factories:grain_dataset", "grain", {"auto", "ring", "numpy"}, 3.0),
-        ("doctor_factories.py:generator", "iterable", {"auto", "ring", "numpy"}, 3.0),
+        ("doctor_factories:tf_pipeline", "tf.data", {"auto", "ring", "numpy", "direct"}, 30.0),
+        ("doctor_factories:grain_dataset", "grain", {"auto", "ring", "numpy"}, 15.0),
+        ("doctor_factories.py:generator", "iterable", {"auto", "ring", "numpy"}, 10.0),
     ],
 )
 def test_the_cli_diagnoses_each_kind_of_source(tmp_path, factory, kind, routes, budget):
