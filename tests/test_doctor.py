@@ -36,7 +36,7 @@ def cli(*args: str, budget: float) -> tuple[subprocess.CompletedProcess[str], fl
     ("factory", "kind", "routes", "budget"),
     [
         ("doctor_factories:tf_pipeline", "tf.data", {"auto", "ring", "numpy", "direct"}, 30.0),
-        ("doctor_factories:grain_dataset", "grain", {"auto", "ring", "numpy"}, 15.0),
+        ("doctor_factories:grain_dataset", "grain", {"auto", "ring", "numpy"}, 8.0),
         ("doctor_factories.py:generator", "iterable", {"auto", "ring", "numpy"}, 10.0),
     ],
 )
