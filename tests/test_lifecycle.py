@@ -145,3 +145,52 @@ def test_numpy_ring_splits_large_copies_and_stops_its_threads():
         np.testing.assert_array_equal(np.asarray(g["x"]), want["x"].astype(np.float32))
         np.testing.assert_array_equal(np.asarray(g["b"]), want["b"])
     assert wait_until(lambda: not _copy_threads()), _copy_threads()
+
+
+class _Source:
+    """An iterable whose iterators record whether they were closed (a generator's finally)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.finished: list[int] = []
+
+    def __iter__(self):
+        i = 0
+        try:
+            for i in range(self.n):
+                yield np.full((4,), i, np.float32)
+        finally:
+            self.finished.append(i)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_close_closes_the_iterator_the_stream_opened(backend):
+    # A Grain mp_prefetch iterator holds worker processes until close(); a generator's cleanup
+    # runs in its finally. Neither may wait for garbage collection after the stream is closed.
+    source = _Source(1000)
+    s = stream(source, backend=backend, prefetch=2)
+    assert float(next(s)[0]) == 0.0
+    thread = s._pipeline.thread
+    s.close()
+    thread.join(timeout=5)
+    assert len(source.finished) == 1, "the iterator that stream() opened was closed"
+    assert source.finished[0] < 1000
+
+
+@pytest.mark.parametrize("backend", ["ring", "numpy"])
+def test_the_iterator_is_closed_at_the_source_end(backend):
+    source = _Source(3)
+    with stream(source, backend=backend) as s:
+        assert [float(b[0]) for b in s] == [0.0, 1.0, 2.0]
+        assert wait_until(lambda: source.finished == [2], timeout=5)
+
+
+def test_a_user_iterator_is_left_open_for_the_user():
+    # The source is its own iterator: the user may go on reading it after the stream.
+    items = iter(_Source(10))
+    s = stream(items, backend="numpy", prefetch=1)
+    assert float(next(s)[0]) == 0.0
+    thread = s._pipeline.thread
+    s.close()
+    thread.join(timeout=5)
+    assert next(items).shape == (4,), "the user's iterator is still open"

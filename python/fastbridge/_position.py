@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import itertools
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -159,8 +160,10 @@ class Reader:
         limit: int | None = None,
         padder: Padder | None = None,
         template: Callable[[], Any] | None = None,
+        owned: Any = None,
     ) -> None:
         self._items = items
+        self._owned = owned
         self._index = first
         self._stateful = stateful
         self._log = log
@@ -196,6 +199,14 @@ class Reader:
         self._index = index + 1
         return (BATCH, item, Position(index + 1, self._snapshot))
 
+    def close(self) -> None:
+        """Close the iterator this stream opened on the source (never one the user passed):
+        a Grain ``mp_prefetch`` iterator's worker processes, or a generator's ``finally``,
+        must not wait for garbage collection. Called on the producer thread, the one thread
+        that uses the iterator."""
+        owned, self._owned = self._owned, None
+        close_iterator(owned)
+
     def _blank(self) -> Any:
         assert self._padder is not None
         model = self._last
@@ -213,14 +224,37 @@ def _snapshot(iterator: Any) -> Any:
         return Unsaveable(f"the source iterator's {error}")
 
 
+def close_iterator(iterator: Any) -> None:
+    """``iterator.close()`` when it has one; a failure to close is a warning, not an error
+    (every batch was already read)."""
+    close = getattr(iterator, "close", None)
+    if not callable(close):
+        return
+    try:
+        close()
+    except Exception as error:
+        warnings.warn(
+            f"closing the source's iterator raised {type(error).__name__}: {error}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def opened(source: Any, iterator: Any) -> Any:
+    """``iterator`` when ``iter(source)`` made a new one that the stream must close, else
+    ``None`` (the source is its own iterator: the user's to close)."""
+    return None if iterator is source else iterator
+
+
 def restore(
     source: Any, saved: Any, tf_source: bool, numpy_items: bool, checkpoint: bool
-) -> tuple[Iterator[Any], Any, TfLog | None]:
+) -> tuple[Iterator[Any], Any, TfLog | None, Any]:
     """Open ``source`` where ``saved`` (a ``SavedState`` or ``None``) left it.
 
-    Returns ``(items, stateful, log)``: the items to read, the source iterator when it has
-    ``get_state()``/``set_state()`` (its snapshots go into every position), and the
-    ``TfLog`` for ``checkpoint=True``.
+    Returns ``(items, stateful, log, owned)``: the items to read, the source iterator when it
+    has ``get_state()``/``set_state()`` (its snapshots go into every position), the
+    ``TfLog`` for ``checkpoint=True``, and the iterator the stream opened (``None`` for
+    tf.data, whose iterators have nothing to close).
     """
     batches = saved.batches if saved is not None else 0
     if tf_source:
@@ -230,16 +264,17 @@ def restore(
                 # checkpoint=True from the start, or from a replayed position: read the
                 # dataset itself (its iterator state then fits every later resume) and drop.
                 log = TfLog(iterator, pending=[], drop=batches, base=None, start=batches)
-                return iterator, None, log
+                return iterator, None, log, None
             load_iterator(iterator, saved.tf_iterator)
             pending = decode_items(saved.pending, source.element_spec, numpy_items)
             if checkpoint:
-                return iterator, None, TfLog.resumed(iterator, saved, pending)
+                return iterator, None, TfLog.resumed(iterator, saved, pending), None
             chained = itertools.chain(pending, iterator)
-            return itertools.islice(chained, saved.skip, None), None, None
+            return itertools.islice(chained, saved.skip, None), None, None, None
         ds = skip(source, batches)
-        return iter(ds.as_numpy_iterator() if numpy_items else ds), None, None
+        return iter(ds.as_numpy_iterator() if numpy_items else ds), None, None, None
     iterator = iter(source)
+    owned = opened(source, iterator)
     stateful = iterator if isinstance(iterator, Checkpointable) else None
     if saved is not None and saved.source is not None:
         if stateful is None:
@@ -250,10 +285,11 @@ def restore(
         try:
             iterator.set_state(saved.source)
         except Exception as error:
+            close_iterator(owned)
             raise ValueError(
                 f"state['source'] was refused by the source's set_state(): "
                 f"{type(error).__name__}: {error}"
             ) from error
-        return iterator, stateful, None
+        return iterator, stateful, None, owned
     items = itertools.islice(iterator, batches, None) if batches else iterator
-    return items, stateful, None
+    return items, stateful, None, owned

@@ -25,7 +25,7 @@ from ._multihost import agree_on_batches, process_count, shard_source
 from ._native import available as core_available
 from ._options import StreamOptions, takes_options, x64_enabled
 from ._padding import Padder
-from ._position import BATCH, END, ERROR, Position, Reader, TfLog, restore
+from ._position import BATCH, END, ERROR, Position, Reader, TfLog, close_iterator, opened, restore
 from ._progress import ProgressBar, StreamStats, summary
 from ._state import STATE_VERSION, Checkpointable, SavedState, Unsaveable, encode_value
 from ._state import parse as parse_state
@@ -118,6 +118,8 @@ class _Pipeline:
             except BaseException as error:  # delivered in order, after every good batch
                 if not self.closed.is_set():
                     queue.publish((ERROR, error, 0, None))
+            finally:
+                self.reader.close()
 
     def close(self, join: float = _JOIN_SECONDS) -> None:
         if self.closed.is_set():
@@ -229,7 +231,7 @@ class Stream(Iterator[T], Generic[T]):
         backend = make_backend(self._backend, self._placement, flatten, options)
         numpy_items = backend.numpy_items
         try:
-            items, stateful, log = restore(
+            items, stateful, log, owned = restore(
                 self._source, saved, self._tf_source, numpy_items, options.checkpoint
             )
         except BaseException:
@@ -253,6 +255,7 @@ class Stream(Iterator[T], Generic[T]):
             limit=self._limit,
             padder=padder,
             template=template,
+            owned=owned,
         )
         start = Position(first, encode_value(saved.source) if saved and saved.source else None)
         return _Pipeline(reader, backend, start, self._x64, log, padder)
@@ -556,7 +559,11 @@ def _template(source: Any, tf_source: bool, numpy_items: bool) -> Any:
         if tf_source:
             one = source.take(1)
             return next(iter(one.as_numpy_iterator() if numpy_items else one), None)
-        return next(iter(source), None)
+        iterator = iter(source)
+        try:
+            return next(iterator, None)
+        finally:
+            close_iterator(opened(source, iterator))
 
     return first
 
