@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes, few repeats: about a minute on 2 cores. Options given "
+        help="small sizes, few repeats: under two minutes on 2 cores. Options given "
         "explicitly still override it",
     )
     p.add_argument(
