@@ -44,11 +44,101 @@ def test_every_route_delivers_identical_values(layout):
     ds = tf.data.Dataset.from_tensor_slices(stacked)
     want = [_expected(b) for b in batches]
     for route in routes.ROUTES:
+        if routes.missing(route):  # grain or keras absent: the benchmark skips the route too
+            continue
         got = routes.collect(route, ds, prefetch=2)
         assert len(got) == len(want), route.key
         for g, w in zip(got, want, strict=True):
             # The floor hands over NumPy untouched; compare it after the same narrowing.
             _assert_same(_expected(g) if route.kind == "floor" else g, w)
+
+
+@pytest.mark.parametrize("layout", scenarios.LAYOUTS)
+def test_sharded_routes_deliver_identical_values_with_the_sharding(layout):
+    # conftest forces 8 host devices, the sharded scenario's layout: the batch axis over all 8.
+    sharding = scenarios.batch_sharding(8)
+    batches = [scenarios.make_batch(layout, 4096, seed=10 + i) for i in range(3)]
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
+    ds = tf.data.Dataset.from_tensor_slices(stacked)
+    want = [_expected(b) for b in batches]
+    ran = []
+    for route in routes.ROUTES:
+        if not route.sharded or route.kind == "floor" or routes.missing(route):
+            continue
+        iterator = routes.open_route(route, ds, sharding, prefetch=2)
+        try:
+            got = list(iterator)
+        finally:
+            getattr(iterator, "close", lambda: None)()
+        assert len(got) == len(want), route.key
+        for batch, w in zip(got, want, strict=True):
+            for leaf in jax.tree_util.tree_leaves(batch):
+                assert isinstance(leaf, jax.Array), route.key
+                # Keras spells the spec P('batch', None): the same layout, hence equivalence.
+                assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (route.key, leaf)
+                assert len(leaf.addressable_shards) == 8, route.key
+            _assert_same(routes.host_copy(batch), w)
+        ran.append(route.key)
+    assert {"device_put", "ring", "numpy", "direct", "auto", "big_vision"} <= set(ran)
+    assert "process_local" in ran
+
+
+def test_routes_without_a_sharding_argument_refuse_one():
+    sharding = scenarios.batch_sharding(8)
+    ds = tf.data.Dataset.from_tensors(np.zeros((16, 4), np.float32))
+    with pytest.raises(ValueError, match="dlpack"):
+        routes.open_route(routes.BY_KEY["dlpack"], ds, sharding)
+
+
+def test_a_missing_peer_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    real = routes.importlib.util.find_spec
+
+    def without_grain(name, *args, **kwargs):
+        return None if name == "grain" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(routes.importlib.util, "find_spec", without_grain)
+    assert routes.missing(routes.BY_KEY["grain"]) == (
+        "route 10 grain skipped: grain is not installed"
+    )
+    assert routes.missing(routes.BY_KEY["auto"]) is None
+    argv = [
+        "--out", str(tmp_path), "--scenarios", "handoff", "--routes", "grain,dlpack,auto",
+        "--sizes", "64K", "--layouts", "f32", "--repeats", "1", "--batches", "2",
+        "--warmup", "2", "--step-ms", "1", "--no-progress", "--no-plots",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "route 10 grain skipped: grain is not installed" in capsys.readouterr().err
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert {s["route"] for s in result["samples"]} == {"dlpack", "auto"}
+    assert result["meta"]["skipped_routes"] == ["route 10 grain skipped: grain is not installed"]
+    # Only grain was asked for and it is missing: a clear exit, not a crash.
+    with pytest.raises(SystemExit, match="none of the chosen routes"):
+        cli.main([*argv[:5], "grain", *argv[6:]])
+
+
+def test_the_sharded_scenario_runs_in_its_own_process(tmp_path):
+    # Without forced devices in the environment, the bench starts a subprocess with 8.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+    argv = [
+        "--out", str(tmp_path), "--scenarios", "sharded", "--routes", "device_put,auto,floor",
+        "--sharded-sizes", "64K", "--sharded-layouts", "f32", "--repeats", "2",
+        "--batches", "2", "--warmup", "2", "--step-ms", "1", "--no-progress", "--no-plots",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "fastbridge.bench", *argv],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "subprocess with 8 forced CPU devices" in done.stderr
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["meta"]["sharded"]["devices"] == 8
+    assert "'batch'" in result["meta"]["sharded"]["sharding"]
+    seen = {(s["route"], s["rep"]) for s in result["samples"]}
+    assert seen == {(r, k) for r in ("device_put", "auto", "floor") for k in (0, 1)}
+    assert all(s["scenario"] == "sharded" and s["wall_s"] > 0 for s in result["samples"])
+    (consumer,) = [t for t in result["targets"] if t["target"] == "auto consumer time vs best peer"]
+    assert consumer["where"] == "sharded f32 64 KiB, vs route 2" and consumer["low"] is not None
 
 
 def test_make_batch_layouts():
@@ -65,7 +155,10 @@ def test_make_batch_layouts():
 
 def test_route_and_size_parsing():
     assert [r.number for r in routes.resolve("auto,1,dlpack")] == [1, 3, 8]
-    assert len(routes.resolve("all")) == 9
+    assert len(routes.resolve("all")) == len(routes.ROUTES) == 13
+    assert [r.key for r in routes.resolve("10,keras,big_vision,13")] == [
+        "grain", "keras", "big_vision", "process_local",
+    ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown route"):
         routes.resolve("fast")
     assert report.parse_size("64K") == 65536
@@ -103,6 +196,23 @@ def test_targets_are_ratios_with_verdicts():
     assert ring["ratio"] is None and ring["met"] is None
     text = report.render_targets_text(report.check_targets(summary))
     assert "MISSED" in text and "met" in text and "not measured" in text
+
+
+def test_auto_is_judged_against_the_best_peer_of_each_measure():
+    summary = [
+        _row("sharded", "f32", 1 << 20, "auto", consumer_s=1e-5, wall_s=5.0e-3),
+        _row("sharded", "f32", 1 << 20, "big_vision", consumer_s=1e-4, wall_s=5.5e-3),
+        _row("sharded", "f32", 1 << 20, "grain", consumer_s=2e-5, wall_s=4.9e-3),
+        _row("sharded", "f32", 1 << 20, "device_put", consumer_s=9e-4, wall_s=6.0e-3),
+        _row("sharded", "f32", 1 << 20, "floor", consumer_s=1e-6, wall_s=1e-3),  # not a peer
+    ]
+    found = {t["target"]: t for t in report.check_targets(summary)}
+    consumer = found["auto consumer time vs best peer"]
+    assert consumer["where"] == "sharded f32 1 MiB, vs route 10"
+    assert consumer["ratio"] == pytest.approx(0.5) and consumer["met"] is False
+    wall = found["auto wall time vs best peer"]
+    assert wall["where"] == "sharded f32 1 MiB, vs route 10"
+    assert wall["ratio"] == pytest.approx(5.0 / 4.9) and wall["met"] is False
 
 
 def test_verdicts_whose_rounds_straddle_the_goal_are_marked_noisy():
@@ -198,7 +308,8 @@ def _check_schema(result):
     # Schema only: a measured duration is recorded (no bound on how long it took).
     assert isinstance(meta["step_seconds"], float) and math.isfinite(meta["step_seconds"])
     scenarios_seen = {s["scenario"] for s in result["samples"]}
-    assert scenarios_seen == {"handoff", "throughput", "copy", "e2e", "memory"}
+    assert scenarios_seen == {"handoff", "throughput", "copy", "e2e", "memory", "sharded"}
+    assert result["meta"]["sharded"]["devices"] == 8
     for s in result["samples"]:
         for key, kind in (("scenario", str), ("route", str), ("route_number", int),
                           ("layout", str), ("size_bytes", int), ("rep", int)):  # fmt: skip
@@ -210,7 +321,7 @@ def _check_schema(result):
             assert all(math.isfinite(s[k]) for k in ("seconds", "gbps")), s
             continue
         assert isinstance(s["wall_s"], float) and s["wall_s"] > 0
-        if s["scenario"] in ("handoff", "throughput"):
+        if s["scenario"] in ("handoff", "throughput", "sharded"):
             assert isinstance(s["consumer_s"], float) and s["consumer_s"] >= 0
             assert isinstance(s["gbps"], float) and s["gbps"] > 0
             assert len(s["next_s"]) == s["batches"]
@@ -235,6 +346,15 @@ def _check_schema(result):
     assert by[("handoff", "tutorial")]["consumer_copied_bytes"] > 0
     assert by[("handoff", "auto")]["consumer_copied_bytes"] == 0
     assert by[("handoff", "ring")]["producer_copied_bytes"] > 0
+    # Keras's adapter copies every tensor with np.array; big_vision views TensorFlow's buffer.
+    if not routes.missing(routes.BY_KEY["keras"]):
+        assert by[("handoff", "keras")]["consumer_copied_bytes"] > 0
+    assert by[("handoff", "big_vision")]["consumer_copied_bytes"] == 0
+    sharded = {s["route"] for s in result["samples"] if s["scenario"] == "sharded"}
+    assert sharded == {r.key for r in routes.ROUTES if r.sharded and not routes.missing(r)}
+    peer_targets = {t["where"] for t in result["targets"] if "best peer" in t["target"]}
+    assert any(w.startswith("handoff f32 64 KiB, vs route ") for w in peer_targets)
+    assert any(w.startswith("sharded f32 64 KiB, vs route ") for w in peer_targets)
 
 
 def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
@@ -244,7 +364,8 @@ def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
         "--batches", "2", "--warmup", "2", "--step-ms", "1", "--throughput-sizes", "64K",
         "--throughput-layouts", "f32", "--copy-sizes", "64K", "--e2e-steps", "2",
         "--e2e-repeats", "1", "--e2e-batch", "8", "--e2e-hidden", "16",
-        "--memory-size", "64K", "--memory-batches", "3", "--no-progress",
+        "--memory-size", "64K", "--memory-batches", "3", "--sharded-sizes", "64K",
+        "--sharded-layouts", "f32", "--no-progress",
     ]  # fmt: skip
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
@@ -255,6 +376,7 @@ def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
     redrawn = plots.draw(result, str(tmp_path))
     names = {os.path.basename(p) for p in redrawn}
     always = {"handoff_consumer.png", "handoff_wall.png", "throughput.png", "e2e.png"}
+    always |= {"sharded_consumer.png", "sharded_wall.png"}
     assert always <= names <= always | {"memory.png"}
     # memory.png shows only measures in which the routes differ: none differ, no plot.
     for row in result["summary"]:

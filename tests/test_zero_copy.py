@@ -153,3 +153,21 @@ def test_pinned_memory_is_reported():
         slot = _core.SlotPool(slots=1).acquire(4096)
         # Pinned exactly when mlock is allowed here; the stream reports what the core achieved.
         assert batches.stats.pinned == slot.locked
+
+
+def test_direct_with_a_batch_sharding_aliases_tensorflow_buffers_per_shard():
+    # Each device's rows are a view of TensorFlow's buffer: device_put of a NumPy view slices
+    # without copying, where a jax.Array on one device would be copied to the others.
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(Mesh(np.array(jax.devices()[:8]), ("batch",)), PartitionSpec("batch"))
+    batch = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    ds = tf.data.Dataset.from_tensors(batch).repeat(3)
+    source = np.asarray(next(iter(ds))).ctypes.data  # from_tensors caches one buffer
+    with stream(ds, backend="direct", sharding=sharding) as batches:
+        out = list(batches)
+    for b in out:
+        assert b.sharding == sharding
+        rows = {s.index[0].start: s.data.unsafe_buffer_pointer() for s in b.addressable_shards}
+        assert rows == {start: source + start * 64 * 4 for start in range(0, 64, 8)}
+        np.testing.assert_array_equal(np.asarray(b), batch)

@@ -326,7 +326,9 @@ class DirectConverter:
             if not isinstance(leaf, np.ndarray) and self.placement.sharding is None:
                 out[i] = jax.dlpack.from_dlpack(leaf, device=self.placement.device)
             elif not isinstance(leaf, np.ndarray):
-                to_place.append((i, jax.dlpack.from_dlpack(leaf)))
+                # A view of TensorFlow's buffer: device_put slices it per shard without a copy,
+                # where a jax.Array on one device would be copied to the others.
+                to_place.append((i, host_view(leaf)))
             else:
                 to_place.append((i, checked_narrow(leaf, spec)))
         if to_place:

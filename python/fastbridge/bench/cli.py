@@ -7,7 +7,9 @@ import datetime
 import gc
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +29,8 @@ QUICK = {
     "e2e_repeats": 2,
     "e2e_batch": 128,
     "memory_batches": 300,
+    "sharded_sizes": "1M,16M",
+    "sharded_layouts": "f32",
 }
 FULL = {
     "sizes": "64K,1M,16M,64M",
@@ -43,8 +47,12 @@ FULL = {
     "e2e_repeats": 5,
     "e2e_batch": 256,
     "memory_batches": 10_000,
+    "sharded_sizes": "64K,1M,16M,64M",
+    "sharded_layouts": "f32,dict",
 }
-SCENARIOS = ("handoff", "throughput", "e2e", "memory")
+SCENARIOS = ("handoff", "throughput", "e2e", "memory", "sharded")
+CHILD = "FASTBRIDGE_BENCH_SHARDED_CHILD"
+"""Set in the subprocess that runs the sharded scenario (so it never starts another)."""
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -82,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
             "synthetic dataset (no downloads). Routes: 1 tutorial copy (jnp.array per leaf), "
             "2 as_numpy_iterator + device_put, 3 EagerTensor -> jax.dlpack by hand, "
             "4 flax-style deque of device_put, 5 fastbridge ring, 6 numpy, 7 direct, 8 auto, "
-            "9 the floor (iterate as_numpy_iterator only). Routes run interleaved "
+            "9 the floor (iterate as_numpy_iterator only), and the peers: 10 Grain's "
+            "experimental.device_put pipeline, 11 Keras's model.fit input path on JAX, "
+            "12 big_vision's memoryview + per-device shards, 13 "
+            "jax.make_array_from_process_local_data (Grain and Keras are skipped with a note "
+            "when not installed). Routes run interleaved "
             "(A B C ... A B C ...) and repeated; tables show medians with [min-max]. Writes "
             "results.json (every raw sample), summary.md (paste into benches/RESULTS.md) and "
             "PNG plots into --out. See benches/README.md."
@@ -92,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="small sizes, few repeats: about a minute on 2 cores. Options given "
+        help="small sizes, few repeats: under two minutes on 2 cores. Options given "
         "explicitly still override it",
     )
     p.add_argument(
@@ -114,13 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of: handoff (one cached batch repeated, a "
         "jitted CPU step after each), throughput (no step, plus memcpy and ring "
         "slot fill at the same thread count), e2e (a real tf.data pipeline "
-        "feeding a jitted MLP train step), memory (RSS and page faults)",
+        "feeding a jitted MLP train step), memory (RSS and page faults), sharded (the "
+        "handoff with batches split over --sharded-devices CPU devices by "
+        "NamedSharding(Mesh(devices, ('batch',)), P('batch')), in a subprocess that forces "
+        "that many host devices; only routes that take a sharding)",
     )
     p.add_argument(
         "--routes",
         default="all",
         help="comma-separated route numbers or names (tutorial, device_put, dlpack, "
-        "flax_prefetch, ring, numpy, direct, auto, floor), or 'all'",
+        "flax_prefetch, ring, numpy, direct, auto, floor, grain, keras, big_vision, "
+        "process_local), or 'all'",
     )
     # The option's earlier name, kept so that existing commands still run; not in --help.
     p.add_argument("--paths", dest="routes", action=_DeprecatedAlias, help=argparse.SUPPRESS)
@@ -201,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="batches per route in the memory scenario [quick 300, full 10000]",
     )
+    p.add_argument(
+        "--sharded-sizes",
+        default=None,
+        help="sharded batch sizes [quick 1M,16M; full 64K,1M,16M,64M]",
+    )
+    p.add_argument(
+        "--sharded-layouts", default=None, help="sharded layouts [quick f32; full f32,dict]"
+    )
+    p.add_argument(
+        "--sharded-devices",
+        type=int,
+        default=8,
+        help="devices the sharded scenario splits each batch over (forced CPU devices)",
+    )
     p.add_argument("--prefetch", type=int, default=4, help="prefetch of the fastbridge routes")
     p.add_argument(
         "--threads",
@@ -230,6 +260,7 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
         "e2e_repeats",
         "memory_batches",
         "prefetch",
+        "sharded_devices",
     ):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
@@ -300,6 +331,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from . import scenarios as sc
 
     chosen = routes_mod.resolve(args.routes)
+    skipped = [why for r in chosen if (why := routes_mod.missing(r)) is not None]
+    for why in skipped:
+        print(why, file=sys.stderr)
+    chosen = [r for r in chosen if routes_mod.missing(r) is None]
+    if not chosen:
+        raise SystemExit("none of the chosen routes can run here")
     wanted = _split(args.scenarios)
     for name in wanted:
         if name not in SCENARIOS:
@@ -309,7 +346,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     t_sizes = [report.parse_size(s) for s in _split(args.throughput_sizes)]
     t_layouts = _split(args.throughput_layouts)
     copy_sizes = [report.parse_size(s) for s in _split(args.copy_sizes)]
-    for layout in {*layouts, *t_layouts}:
+    s_sizes = [report.parse_size(s) for s in _split(args.sharded_sizes)]
+    s_layouts = _split(args.sharded_layouts)
+    for layout in {*layouts, *t_layouts, *s_layouts}:
         if layout not in sc.LAYOUTS:
             raise SystemExit(f"unknown layout {layout!r}; choose from {', '.join(sc.LAYOUTS)}")
     stream_options = {"prefetch": args.prefetch, "copy_threads": args.threads}
@@ -326,6 +365,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "routes": [
             {"number": r.number, "key": r.key, "label": r.label, "kind": r.kind} for r in chosen
         ],
+        "skipped_routes": skipped,
     }
     samples: list[dict[str, Any]] = []
 
@@ -339,6 +379,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         total += args.e2e_repeats * len(chosen)
     if "memory" in wanted:
         total += len(chosen)
+    sharded_routes = [r for r in chosen if r.sharded]
+    sharded_here = "sharded" in wanted and jax.device_count() >= args.sharded_devices
+    if sharded_here:
+        total += len(s_sizes) * len(s_layouts) * args.repeats * len(sharded_routes)
     progress = Progress(total, not args.no_progress)
     started = mark = time.perf_counter()
     timings: dict[str, float] = meta.setdefault("scenario_seconds", {})
@@ -454,6 +498,53 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 progress.update(f"memory {route.key}")
         timings["memory"] = time.perf_counter() - mark
         mark = time.perf_counter()
+        if "sharded" in wanted and sharded_here:
+            sharding = sc.batch_sharding(args.sharded_devices)
+            step = sc.sharded_step(sc.calibrate_step(args.step_ms / 1e3))
+            meta["sharded"] = {
+                "devices": args.sharded_devices,
+                "sharding": str(sharding),
+                "step_seconds": step.seconds,
+                "step_iterations": step.iterations,
+            }
+            progress.note(
+                f"sharded: {args.sharded_devices} devices, {sharding}; step measured at "
+                f"{step.seconds * 1e3:.2f} ms"
+            )
+            for layout, size, batch, ds in _datasets(sc, s_layouts, s_sizes):
+                resident = jax.device_put(batch, sharding)
+                for rep in range(args.repeats):
+                    for route in sharded_routes:  # interleaved, as in the handoff
+                        m = sc.measure(
+                            route,
+                            ds,
+                            batches=args.batches,
+                            warmup=args.warmup,
+                            step=step,
+                            resident=resident,
+                            probe_copies=True,
+                            stream_options=stream_options,
+                            sharding=sharding,
+                        )
+                        m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
+                        m["rss_growth"] = m["rss_end"] - m["rss_start"]
+                        samples.append(_sample("sharded", route, layout, size, rep, **m))
+                        progress.update(f"sharded {layout} {report.size_label(size)} {route.key}")
+                del resident
+        elif "sharded" in wanted:
+            if os.environ.get(CHILD):
+                raise SystemExit(
+                    f"the sharded scenario needs {args.sharded_devices} devices and JAX sees "
+                    f"{jax.device_count()} even with forced host devices"
+                )
+            progress.note(
+                f"sharded: running in a subprocess with {args.sharded_devices} forced CPU devices"
+            )
+            child = _run_sharded_child(args, [r.key for r in sharded_routes])
+            samples += [s for s in child["samples"] if s["scenario"] == "sharded"]
+            meta["sharded"] = child["meta"].get("sharded", {})
+        timings["sharded"] = time.perf_counter() - mark
+        mark = time.perf_counter()
     finally:
         progress.close()
     meta["seconds"] = time.perf_counter() - started
@@ -465,6 +556,40 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "summary": summary,
         "targets": report.check_targets(summary, samples),
     }
+
+
+def _run_sharded_child(args: argparse.Namespace, routes: list[str]) -> dict[str, Any]:
+    """The sharded scenario in a fresh interpreter: XLA reads the forced host device count
+    when JAX starts, and this process's JAX has started with one device."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = " ".join(
+        [f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count")]
+        + [f"--xla_force_host_platform_device_count={args.sharded_devices}"]
+    )
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", CHILD: "1"}
+    with tempfile.TemporaryDirectory(prefix="fastbridge-bench-sharded-") as out:
+        argv = [
+            "--scenarios", "sharded", "--routes", ",".join(routes), "--out", out,
+            "--sharded-sizes", args.sharded_sizes, "--sharded-layouts", args.sharded_layouts,
+            "--sharded-devices", str(args.sharded_devices), "--repeats", str(args.repeats),
+            "--batches", str(args.batches), "--warmup", str(args.warmup),
+            "--step-ms", str(args.step_ms), "--prefetch", str(args.prefetch),
+            "--threads", str(args.threads), "--no-plots",
+        ]  # fmt: skip
+        if args.no_progress:
+            argv.append("--no-progress")
+        # The child's tables go to its stdout, dropped: the parent prints them with the rest.
+        done = subprocess.run(
+            [sys.executable, "-m", "fastbridge.bench", *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"the sharded scenario's subprocess failed (exit {done.returncode})")
+        with open(os.path.join(out, "results.json")) as f:
+            result: dict[str, Any] = json.load(f)
+    return result
 
 
 def _datasets(sc: Any, layouts: list[str], sizes: list[int]) -> Iterator[tuple[Any, ...]]:

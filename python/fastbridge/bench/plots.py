@@ -33,13 +33,19 @@ def _label(route: str) -> str:
 
 # One colour per route in every plot, and the copy baselines in greys, unlike any route.
 _BASELINE_COLOURS = {"memcpy": "black", "ring_fill": "dimgray"}
+# Matplotlib's cycle has ten colours; the routes after the tenth take these.
+_MORE_COLOURS = ("darkgoldenrod", "teal", "indigo", "crimson", "olivedrab", "navy")
 
 
 def _colour(route: str) -> str:
     if route in _BASELINE_COLOURS:
         return _BASELINE_COLOURS[route]
     known = BY_KEY.get(route)
-    return f"C{(known.number - 1) % 10}" if known else "silver"
+    if known is None:
+        return "silver"
+    if known.number <= 10:
+        return f"C{known.number - 1}"
+    return _MORE_COLOURS[(known.number - 11) % len(_MORE_COLOURS)]
 
 
 def _lines(ax: Any, at: Lookup, scenario: str, layout: str, metric: str, scale: float) -> list[int]:
@@ -97,6 +103,8 @@ def draw(result: dict[str, Any], out_dir: str) -> list[str]:
         ("handoff", "consumer_s", 1e6, "consumer-visible µs per batch", "handoff_consumer.png"),
         ("handoff", "wall_s", 1e3, "wall ms per batch (step included)", "handoff_wall.png"),
         ("throughput", "gbps", 1.0, "delivered GB/s (no step)", "throughput.png"),
+        ("sharded", "consumer_s", 1e6, "consumer-visible µs per batch", "sharded_consumer.png"),
+        ("sharded", "wall_s", 1e3, "wall ms per batch (step included)", "sharded_wall.png"),
     ):
         layouts = at.layouts(scenario)
         if not layouts:
@@ -122,7 +130,16 @@ def draw(result: dict[str, Any], out_dir: str) -> list[str]:
             ax.set_ylabel(unit)
         # Outside the axes: inside, it covered the lines at the largest sizes.
         axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        if scenario == "handoff" and step:
+        if scenario == "sharded":
+            # Its own calibration, in its own process; plus reading every shard on its device.
+            chain = result["meta"].get("sharded", {}).get("step_seconds")
+            if chain:
+                fig.suptitle(
+                    f"jitted CPU step after every batch: {chain * 1e3:.1f} ms of matmuls on one "
+                    "device, plus a read of every shard",
+                    fontsize=9,
+                )
+        elif scenario == "handoff" and step:
             fig.suptitle(f"jitted CPU step of {step * 1e3:.1f} ms after every batch", fontsize=9)
         save(fig, name)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from .routes import BY_KEY
+from .routes import BY_KEY, PEERS
 
 MiB = 1 << 20
 SUMMARY_METRICS = (
@@ -221,6 +221,33 @@ def check_targets(
                     10.0,
                 )
             add("numpy consumer time vs ring", where, c("numpy", "ring"), "<=", 2.0)
+    for scenario in (h, "sharded"):
+        for layout in at.layouts(scenario):
+            for size in at.sizes(scenario, layout):
+                for metric, what, threshold in (
+                    ("consumer_s", "consumer", 0.25),
+                    ("wall_s", "wall", 1.0),
+                ):
+                    # The peer with the best median is the one to beat; rounds pair against it.
+                    peers = [
+                        (value, r)
+                        for r in PEERS
+                        if (value := at(scenario, layout, size, r, metric)) is not None
+                    ]
+                    if not peers:
+                        continue
+                    best = min(peers)[1]
+                    add(
+                        f"auto {what} time vs best peer",
+                        f"{scenario} {layout} {size_label(size)}, vs route {BY_KEY[best].number}",
+                        ratio(
+                            (scenario, layout, size, "auto"),
+                            (scenario, layout, size, best),
+                            metric,
+                        ),
+                        "<=",
+                        threshold,
+                    )
     if "dict" in at.layouts(h) and "f32" in at.layouts(h):
         for size in at.sizes(h, "dict"):
             for route in ("auto", "ring"):
@@ -254,7 +281,7 @@ def check_targets(
             # The anchor with the best median is the one to beat; rounds pair against it.
             anchors = [
                 (value, r)
-                for r in ("tutorial", "device_put", "dlpack", "flax_prefetch")
+                for r in PEERS
                 if (value := at("e2e", layout, size, r, "steps_per_s")) is not None
             ]
             best = max(anchors)[1] if anchors else "dlpack"
@@ -303,6 +330,16 @@ TABLES: dict[str, list[tuple[str, str, Callable[[dict[str, Any]], str]]]] = {
         ("GB/s, median [min-max]", "gbps", _fmt_range(1, 2)),
         ("CPU ms per copy, all threads", "cpu_s", _fmt_median(1e3, 2)),
     ],
+    "sharded": [
+        ("consumer-visible µs per batch, median [min-max]", "consumer_s", _fmt_range(1e6, 0)),
+        ("wall ms per batch (step included), median [min-max]", "wall_s", _fmt_range(1e3, 2)),
+        ("CPU ms per batch, all threads", "cpu_s", _fmt_median(1e3, 2)),
+        (
+            "MiB copied per batch on the consumer thread / off it",
+            "copied",
+            lambda m: str(m["text"]),
+        ),
+    ],
     "e2e": [
         ("steps/s, median [min-max]", "steps_per_s", _fmt_range(1, 1)),
         ("share of wall time waiting for input", "wait_fraction", _fmt_median(1, 3)),
@@ -322,6 +359,7 @@ SCENARIO_TITLES = {
     "copy": "memcpy versus ring slot fill (same thread count)",
     "e2e": "End to end (JPEG decode + flip map, shuffle, batch -> MLP train step)",
     "memory": "Memory (no step)",
+    "sharded": "Sharded (batch axis split over CPU devices, jitted step after each batch)",
 }
 
 

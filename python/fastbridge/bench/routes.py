@@ -1,15 +1,26 @@
-"""The nine routes (ways to hand a ``tf.data`` batch to JAX) that the benchmark compares.
+"""The routes (ways to hand a ``tf.data`` batch to JAX) that the benchmark compares.
 
 Each route is a generator of batches. The benchmark times only the ``next()`` call on it, so
 whatever a route does on the consumer's thread (``jnp.array``, ``device_put``, a DLPack import)
 counts as consumer-visible time, and whatever it does in a background thread does not.
+
+Routes 10 to 13 are the peers users pick instead of fastbridge: Grain's ``device_put``
+pipeline, Keras's ``fit`` input path on JAX, big_vision's sharded pattern and
+``jax.make_array_from_process_local_data``. They and route 2 take a ``sharding`` (the sharded
+scenario passes one; elsewhere they place on the default device). Grain and Keras are optional:
+:func:`missing` says why a route cannot run, and the benchmark skips it with that note.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib.util
 import itertools
+import os
+import queue
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +40,11 @@ class Route:
     label: str
     kind: str
     """``anchor`` (what users write today), ``fastbridge`` or ``floor``."""
-    open: Callable[[Any], Iterator[Any]]
+    open: Callable[..., Iterator[Any]]
+    sharded: bool = False
+    """Whether the route takes ``sharding=`` (and so runs in the sharded scenario)."""
+    needs: str | None = None
+    """The optional package the route needs (``grain``, ``keras``), ``None`` when none."""
 
 
 def _tutorial_copy(ds: Any) -> Iterator[Any]:
@@ -38,10 +53,11 @@ def _tutorial_copy(ds: Any) -> Iterator[Any]:
         yield jax.tree_util.tree_map(jnp.array, batch)
 
 
-def _device_put(ds: Any) -> Iterator[Any]:
-    # device_put aliases 64-byte-aligned NumPy memory on CPU (TensorFlow's buffers are).
+def _device_put(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
+    # device_put aliases 64-byte-aligned NumPy memory on CPU (TensorFlow's buffers are); with a
+    # sharding it slices every leaf and places the slices, still on the consumer's thread.
     for batch in ds.as_numpy_iterator():
-        yield jax.device_put(batch)
+        yield jax.device_put(batch, sharding)
 
 
 def _dlpack(ds: Any) -> Iterator[Any]:
@@ -87,23 +103,194 @@ def _stream_route(backend: str) -> Callable[..., Iterator[Any]]:
     return run
 
 
-def _floor(ds: Any) -> Iterator[Any]:
+def _floor(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
     # Iterating the dataset and touching nothing: the cost no route can go below.
     yield from ds.as_numpy_iterator()
 
 
+def _default_sharding() -> jax.sharding.Sharding:
+    # The unsharded scenarios' placement for routes that need a sharding: the default device.
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def _grain_device_put(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
+    # Grain's own pipeline, grain.experimental.device_put: a thread prefetch of 4 host batches,
+    # a map that calls jax.device_put(batch, sharding), and a thread prefetch of 2 placed ones.
+    # It is fed the tf.data batches themselves (as_numpy_iterator views, wrapped as a Grain
+    # IterDataset below), so every route reads the same source at the same cost.
+    import grain
+
+    source = _tf_iter_dataset(grain)(ds)
+    placed = grain.experimental.device_put(
+        source, sharding or _default_sharding(), cpu_buffer_size=4, device_buffer_size=2
+    )
+    return iter(placed)
+
+
+def _tf_iter_dataset(grain: Any) -> Any:
+    """A Grain ``IterDataset`` over ``ds.as_numpy_iterator()``, with a position as its state
+    (Grain's prefetch snapshots each element's state; this one is never restored)."""
+
+    class TfIterator(grain.DatasetIterator):  # type: ignore[misc]
+        def __init__(self, ds: Any) -> None:
+            super().__init__()
+            self._source = ds.as_numpy_iterator()
+            self._position = 0
+
+        def __next__(self) -> Any:
+            batch = next(self._source)
+            self._position += 1
+            return batch
+
+        def get_state(self) -> dict[str, int]:
+            return {"position": self._position}
+
+        def set_state(self, state: dict[str, int]) -> None:
+            raise NotImplementedError("the benchmark never restores a Grain iterator")
+
+    class TfIterDataset(grain.IterDataset):  # type: ignore[misc]
+        def __init__(self, ds: Any) -> None:
+            super().__init__()
+            self._ds = ds
+
+        def __iter__(self) -> Any:
+            return TfIterator(self._ds)
+
+    return TfIterDataset
+
+
+def _keras_modules() -> tuple[Any, Any, Any]:
+    # Keras picks its backend when first imported; the JAX trainer needs the JAX backend.
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+    from keras.src.backend.jax import trainer
+    from keras.src.distribution import distribution_lib
+
+    return keras, trainer, distribution_lib
+
+
+def _keras_fit(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
+    # What model.fit(tf_dataset) does on the JAX backend, with Keras's own functions:
+    # JAXEpochIterator wraps the dataset in TFDatasetAdapter, whose get_jax_iterator copies every
+    # tensor with np.array. On CPU without a distribution it stops there (fit's jitted step
+    # then places the NumPy batch); _distribute_data is that placement, as Keras does it on an
+    # accelerator (jax.device_put per leaf). With a sharding, a DataParallel distribution over
+    # the sharding's devices is current, and the iterator places each batch with
+    # jax.make_array_from_process_local_data, batch axis split over the mesh.
+    _, trainer, distribution_lib = _keras_modules()
+    distribution = None
+    if sharding is not None:
+        devices = list(_mesh_devices(sharding))
+        distribution = distribution_lib.DataParallel(devices=devices)
+    previous = distribution_lib.distribution()
+    distribution_lib.set_distribution(distribution)
+    try:
+        epoch = trainer.JAXEpochIterator(x=ds)
+        for batch in epoch._get_iterator():
+            if distribution is None and any(
+                isinstance(leaf, np.ndarray) for leaf in jax.tree_util.tree_leaves(batch)
+            ):
+                batch = trainer._distribute_data(batch)
+            yield batch
+    finally:
+        distribution_lib.set_distribution(previous)
+
+
+def _mesh_devices(sharding: jax.sharding.Sharding) -> Any:
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is not None:
+        return mesh.devices.reshape(-1)
+    return sorted(sharding.device_set, key=lambda d: d.id)
+
+
+def _prefetch_thread(source: Iterator[Any], size: int) -> Iterator[Any]:
+    """``source`` advanced by a background thread into a queue of ``size`` (big_vision's
+    ``prefetch_iterator``); closing this generator stops the thread."""
+    buffer: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        buffer.put((True, item), timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((False, None))
+        except BaseException as error:  # handed to the consumer, who re-raises it
+            buffer.put((False, error))
+
+    thread = threading.Thread(target=fill, name="bench-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = buffer.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _big_vision_put(t: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    # One leaf, as big_vision does it: view TensorFlow's buffer without a copy, cut it into the
+    # rows each local device holds, device_put each part, assemble one global array.
+    x = np.asarray(memoryview(t))
+    shards = [
+        jax.device_put(x[index], device)
+        for device, index in sharding.addressable_devices_indices_map(x.shape).items()
+    ]
+    return jax.make_array_from_single_device_arrays(x.shape, sharding, shards)
+
+
+def _big_vision(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
+    # big_vision's input pipeline: the placement runs in a prefetch thread one batch ahead
+    # (its train scripts' default prefetch_to_device=1), on the EagerTensors themselves.
+    where = sharding or _default_sharding()
+    placed = (jax.tree_util.tree_map(lambda t: _big_vision_put(t, where), batch) for batch in ds)
+    return _prefetch_thread(placed, 1)
+
+
+def _process_local(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
+    # JAX's own answer for input data: each process hands its local rows and JAX splits them
+    # over the sharding's local devices; on the consumer's thread, no prefetch.
+    where = sharding or _default_sharding()
+    for batch in ds.as_numpy_iterator():
+        yield jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_process_local_data(where, x),  # type: ignore[no-untyped-call]
+            batch,
+        )
+
+
 ROUTES: tuple[Route, ...] = (
     Route(1, "tutorial", "tutorial copy (jnp.array per leaf)", "anchor", _tutorial_copy),
-    Route(2, "device_put", "as_numpy_iterator + device_put", "anchor", _device_put),
+    Route(2, "device_put", "as_numpy_iterator + device_put", "anchor", _device_put, True),
     Route(3, "dlpack", "EagerTensor -> jax.dlpack (by hand)", "anchor", _dlpack),
     Route(4, "flax_prefetch", "flax-style deque of device_put (2)", "anchor", _flax_prefetch),
-    Route(5, "ring", "fastbridge ring", "fastbridge", _stream_route("ring")),
-    Route(6, "numpy", "fastbridge numpy", "fastbridge", _stream_route("numpy")),
-    Route(7, "direct", "fastbridge direct", "fastbridge", _stream_route("direct")),
-    Route(8, "auto", "fastbridge auto", "fastbridge", _stream_route("auto")),
-    Route(9, "floor", "floor: as_numpy_iterator only", "floor", _floor),
+    Route(5, "ring", "fastbridge ring", "fastbridge", _stream_route("ring"), True),
+    Route(6, "numpy", "fastbridge numpy", "fastbridge", _stream_route("numpy"), True),
+    Route(7, "direct", "fastbridge direct", "fastbridge", _stream_route("direct"), True),
+    Route(8, "auto", "fastbridge auto", "fastbridge", _stream_route("auto"), True),
+    Route(9, "floor", "floor: as_numpy_iterator only", "floor", _floor, True),
+    Route(10, "grain", "Grain experimental.device_put", "anchor", _grain_device_put, True, "grain"),
+    Route(11, "keras", "Keras fit input path (JAX)", "anchor", _keras_fit, True, "keras"),
+    Route(12, "big_vision", "big_vision memoryview + shards", "anchor", _big_vision, True),
+    Route(13, "process_local", "make_array_from_process_local", "anchor", _process_local, True),
 )
 BY_KEY: dict[str, Route] = {r.key: r for r in ROUTES}
+BACKGROUND = frozenset({"grain", "big_vision"})
+"""Anchors that place batches on a background thread: what they copy, they copy off the
+consumer's thread (counted with the producer's copies)."""
+PEERS = ("tutorial", "device_put", "dlpack", "flax_prefetch", "grain", "keras", "big_vision",
+         "process_local")  # fmt: skip
+"""Every anchor: what users run instead of fastbridge. Targets compare against the best one."""
 
 
 def resolve(names: str | list[str] | None) -> list[Route]:
@@ -133,10 +320,34 @@ def resolve(names: str | list[str] | None) -> list[Route]:
     return sorted(chosen, key=lambda r: r.number)
 
 
-def open_route(route: Route, ds: Any, **stream_options: Any) -> Iterator[Any]:
-    """A fresh iterator of batches for ``route`` over ``ds``."""
+def missing(route: Route) -> str | None:
+    """Why ``route`` cannot run here (its optional package is absent), or ``None``."""
+    if route.needs is None:
+        return None
+    if importlib.util.find_spec(route.needs) is None:
+        return f"route {route.number} {route.key} skipped: {route.needs} is not installed"
+    if route.needs == "keras" and "keras" in sys.modules:
+        backend = sys.modules["keras"].backend.backend()
+        if backend != "jax":
+            return (
+                f"route {route.number} keras skipped: Keras was imported with the {backend} "
+                "backend (set KERAS_BACKEND=jax before importing it)"
+            )
+    return None
+
+
+def open_route(
+    route: Route, ds: Any, sharding: jax.sharding.Sharding | None = None, **stream_options: Any
+) -> Iterator[Any]:
+    """A fresh iterator of batches for ``route`` over ``ds``, placed by ``sharding`` if given."""
+    if sharding is not None and not route.sharded:
+        raise ValueError(f"route {route.key!r} takes no sharding")
     if route.kind == "fastbridge":
+        if sharding is not None:
+            stream_options = {**stream_options, "sharding": sharding}
         return route.open(ds, **stream_options)
+    if route.sharded:
+        return route.open(ds, sharding=sharding)
     return route.open(ds)
 
 
@@ -153,9 +364,15 @@ def host_copy(batch: Any) -> Any:
     return jax.tree_util.tree_map(lambda leaf: np.array(leaf), batch)
 
 
-def collect(route: Route, ds: Any, limit: int | None = None, **stream_options: Any) -> list[Any]:
+def collect(
+    route: Route,
+    ds: Any,
+    limit: int | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+    **stream_options: Any,
+) -> list[Any]:
     """Every batch ``route`` delivers for ``ds`` (up to ``limit``), copied to NumPy."""
-    iterator = open_route(route, ds, **stream_options)
+    iterator = open_route(route, ds, sharding, **stream_options)
     out: list[Any] = []
     try:
         for batch in iterator:
@@ -173,7 +390,10 @@ def leaf_pointers(batch: Any) -> list[int | None]:
     """Data pointers of a batch's leaves (``None`` for leaves that are not arrays)."""
     out: list[int | None] = []
     for leaf in jax.tree_util.tree_leaves(batch):
-        if isinstance(leaf, jax.Array):
+        if isinstance(leaf, jax.Array) and len(leaf.addressable_shards) > 1:
+            # A sharded leaf: its first shard stands for it (every shard is placed alike).
+            out.append(leaf.addressable_shards[0].data.unsafe_buffer_pointer())
+        elif isinstance(leaf, jax.Array):
             out.append(leaf.unsafe_buffer_pointer())
         elif isinstance(leaf, np.ndarray):
             out.append(leaf.ctypes.data)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .routes import Route, current_stream, leaf_pointers, open_route
+from .routes import BACKGROUND, Route, current_stream, leaf_pointers, open_route
 
 KiB, MiB = 1 << 10, 1 << 20
 ROWS = 16
@@ -39,6 +39,8 @@ LAYOUTS = ("f32", "dict")
 def tf_module() -> Any:
     """TensorFlow, imported late (it takes seconds) and with its logging quietened."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow imports Keras, which fixes its backend then: the Keras route needs JAX's.
+    os.environ.setdefault("KERAS_BACKEND", "jax")
     import tensorflow as tf
 
     # TensorFlow must not grab an accelerator JAX is using.
@@ -129,6 +131,37 @@ class Step:
 
     def __call__(self, state: jax.Array, batch: Any) -> jax.Array:
         return self.fn(state, batch)
+
+
+def sharded_step(base: Step) -> Step:
+    """``base`` for batches sharded over several devices: the batch is read on every shard's own
+    device, while the matmul chain runs on one device, as calibrated. (Run on the batch's
+    devices, the chain would be replicated: 8 times the work on forced host devices that share
+    the same cores.)"""
+    probe = jnp.zeros((ROWS, 16), jnp.float32)
+
+    def fn(state: jax.Array, batch: Any) -> jax.Array:
+        leaves = [leaf for leaf in jax.tree_util.tree_leaves(batch) if isinstance(leaf, jax.Array)]
+        touched = _touch(leaves)  # dispatched first, so it runs beside the chain
+        state = base.fn(state, probe)
+        touched.block_until_ready()
+        return state
+
+    return Step(fn, base.iterations, base.seconds)
+
+
+def batch_sharding(devices: int) -> jax.sharding.NamedSharding:
+    """``NamedSharding(Mesh(devices, ('batch',)), P('batch'))`` over the first ``devices``."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    found = jax.devices()
+    if len(found) < devices:
+        raise RuntimeError(
+            f"the sharded scenario needs {devices} devices, JAX sees {len(found)} (on CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before importing jax)"
+        )
+    spec = PartitionSpec("batch")  # type: ignore[no-untyped-call]  # jax leaves it untyped
+    return NamedSharding(Mesh(np.array(found[:devices]), ("batch",)), spec)
 
 
 def initial_state() -> jax.Array:
@@ -244,6 +277,7 @@ def measure(
     keep_times: bool = True,
     probe_copies: bool = False,
     stream_options: dict[str, Any] | None = None,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> dict[str, Any]:
     """Run ``route`` over ``ds`` for ``warmup + batches`` batches and measure the last ones.
 
@@ -255,7 +289,7 @@ def measure(
     # many runs; the previous run's batches and slots are freed by reference counting anyway.
     gc.collect(1)
     state = initial_state()
-    iterator = open_route(route, ds, **(stream_options or {}))
+    iterator = open_route(route, ds, sharding, **(stream_options or {}))
     copied = 0
     producer_copied0 = 0
     try:
@@ -292,6 +326,8 @@ def measure(
         producer_copied = 0
         if live is not None:
             producer_copied = (live.stats.bytes_copied - producer_copied0) // batches
+        if route.key in BACKGROUND:
+            producer_copied, copied = copied, 0
         backend = live.backend if live is not None else route.key
     finally:
         _close(iterator)
