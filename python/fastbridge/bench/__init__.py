@@ -1,6 +1,6 @@
 """The copy-versus-zero-copy benchmark: ``python -m fastbridge.bench --help``.
 
-Submodules: ``routes`` (the nine ways to hand a batch to JAX), ``scenarios`` (datasets, the
+Submodules: ``routes`` (the thirteen ways to hand a batch to JAX), ``scenarios`` (datasets, the
 jitted step, measurement loops), ``report`` (summaries, targets, tables, Markdown), ``plots``
 and ``cli``. Importing this package imports neither TensorFlow nor matplotlib.
 """

@@ -13,7 +13,8 @@ class PlotsUnavailable(RuntimeError):
     """matplotlib is not installed."""
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot with a non-interactive backend, or PlotsUnavailable saying how to get it."""
     try:
         import matplotlib
     except ImportError:
@@ -87,7 +88,7 @@ def _axes(ax: Any, sizes: list[int]) -> None:
 
 def draw(result: dict[str, Any], out_dir: str) -> list[str]:
     """Draw every plot the results allow into ``out_dir``; returns the files written."""
-    plt = _pyplot()
+    plt = pyplot()
     at = Lookup(result["summary"])
     written: list[str] = []
 

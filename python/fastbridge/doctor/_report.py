@@ -8,7 +8,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..bench.plots import PlotsUnavailable, _pyplot
+from ..bench.plots import PlotsUnavailable, pyplot
 from ..bench.report import machine_info, render_text
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def _plain(value: Any) -> Any:
 
 def plot(d: Diagnosis, path: str) -> None:
     """One horizontal bar per measurement: batches/s, median with the rounds' range."""
-    plt = _pyplot()
+    plt = pyplot()
 
     rows = [r for r in d.rows if math.isfinite(r["metrics"]["steps_per_s"]["median"])]
     labels = [r["label"] for r in rows]
