@@ -83,6 +83,19 @@ def test_a_text_column_passes_through_as_a_numpy_str_array():
     assert isinstance(batch["label"], jax.Array)
 
 
+def test_with_x64_on_64_bit_columns_stay_64_bit_as_jnp_asarray_keeps_them():
+    ns = run()
+    train = ns["ds"].with_format("numpy", columns=["image", "label"])
+    jax.config.update("jax_enable_x64", True)
+    try:
+        got = list(stream(train.iter(batch_size=32)))
+        want = tutorial(train.iter(batch_size=32))
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    assert_bitwise(got, want)
+    assert (got[0]["image"].dtype, got[0]["label"].dtype) == (np.float32, np.int64)
+
+
 def test_a_generator_resumes_by_replaying_and_cannot_be_moved_in_place():
     ns = run()
     train = ns["ds"].with_format("numpy", columns=["image", "label"])
@@ -136,16 +149,13 @@ def test_local_files_stream_and_resume_exactly(tmp_path, kind):
     assert got == labels(full)
 
 
-def test_a_shuffle_buffer_is_not_in_hugging_face_state_so_a_resume_loses_its_rows(tmp_path):
+def test_a_shuffle_buffer_is_not_in_hugging_face_state_so_a_resume_loses_its_rows():
     # What the recipe warns about (datasets 5.2.0): shuffle the Dataset first instead.
     ns = run("hf-resume")
-    path = write_files(ns, tmp_path)["parquet"]
 
     def batches():
-        files = datasets.load_dataset(
-            "parquet", data_files=str(path), split="train", streaming=True
-        )
-        shuffled = files.with_format("numpy").shuffle(seed=3, buffer_size=16)
+        iterable = ns["ds"].select_columns(["label"]).to_iterable_dataset(num_shards=1)
+        shuffled = iterable.with_format("numpy").shuffle(seed=3, buffer_size=16)
         return ns["HFBatches"](shuffled, batch_size=8)
 
     with stream(batches()) as s:
