@@ -66,6 +66,7 @@ def test_the_builder_is_prepared_locally_with_the_documented_dtypes(prepared):
     assert (spec["image"].dtype, spec["label"].dtype) == (tf.float64, tf.int64)
     assert spec["text"].dtype == tf.string and spec["tokens"].shape.as_list() == [None]
     assert prepared["builder"].info.splits["train"].num_examples == 100
+    assert len(list(prepared["builder"].as_dataset(split="train[:80%]"))) == 80
 
 
 def test_the_batches_recipe_resumes_exactly_with_the_shuffle_buffer(prepared):
