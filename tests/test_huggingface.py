@@ -225,3 +225,39 @@ def test_a_ragged_column_in_to_tf_dataset_fails_in_hugging_face_collation():
     ragged = ns["ds"].to_tf_dataset(batch_size=32, columns="tokens", shuffle=False)
     with stream(ragged) as s, pytest.raises(SourceError, match="same shape"):
         next(s)
+
+
+@pytest.mark.parametrize("build", ["from_generator", "json"])
+def test_datasets_from_a_generator_or_local_files_are_sources_like_any_other(tmp_path, build):
+    ns = run()
+    train = ns["ds"].select_columns(["image", "label"])
+    if build == "from_generator":
+        rows = train.with_format("numpy")
+        made = datasets.Dataset.from_generator(
+            lambda: iter(rows), features=train.features, cache_dir=str(tmp_path)
+        )
+    else:
+        train.to_json(str(tmp_path / "train.jsonl"))
+        made = datasets.load_dataset(
+            "json", data_files=str(tmp_path / "train.jsonl"), split="train",
+            cache_dir=str(tmp_path / "cache"),
+        )  # fmt: skip
+    numpy_ds = made.with_format("numpy")
+    got = list(stream(numpy_ds.iter(batch_size=32)))
+    assert_bitwise(got, tutorial(numpy_ds.iter(batch_size=32)))
+    if build == "from_generator":  # JSON keeps 10 digits of a float (pandas' to_json)
+        assert_bitwise(got, tutorial(train.with_format("numpy").iter(batch_size=32)))
+
+
+def test_an_iterable_dataset_as_it_is_resumes_by_replaying():
+    ns = run()
+    iterable = ns["ds"].select_columns(["image", "label"]).to_iterable_dataset(num_shards=4)
+    batches = iterable.batch(8).with_format("numpy")  # re-iterable: each stream starts anew
+    full = tutorial(batches)
+    with stream(batches, prefetch=3) as s:
+        got = [next(s) for _ in range(4)]
+        saved = json.loads(json.dumps(s.state()))
+    assert saved["source"] is None  # a replay: no state of the source's own
+    with stream(batches, state=saved) as s:
+        got += list(s)
+    assert_bitwise(got, full)
