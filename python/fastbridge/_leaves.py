@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -149,6 +150,24 @@ def object_leaf_error(path: str, leaf: np.ndarray, label: str = "") -> Unsupport
     )
 
 
+def opaque_leaf_error(path: str, leaf: Any) -> UnsupportedLeafError:
+    """Why a ragged or sparse tensor (``tf.RaggedTensor``, what ``ragged_batch`` and tfds's
+    variable-length ``Sequence`` features give, or a sparse one) cannot become an array."""
+    kind = type(leaf).__name__
+    if "Ragged" in kind:
+        return UnsupportedLeafError(
+            f"leaf {path} is ragged (a {kind}): its rows have different lengths; pad or bucket "
+            "it to one shape first (e.g. tf.data's padded_batch or bucket_by_sequence_length "
+            "instead of ragged_batch, or .to_tensor()), or truncate it",
+            path,
+        )
+    return UnsupportedLeafError(
+        f"leaf {path} is sparse (a {kind}) and has no dense layout; convert it first (e.g. "
+        "tf.sparse.to_dense)",
+        path,
+    )
+
+
 def _needs_x64(target: np.dtype) -> bool:
     return (target.itemsize == 8 and target.kind in "iuf") or target == np.complex128
 
@@ -194,11 +213,7 @@ def as_array(leaf: Any, path: str) -> np.ndarray:
     if isinstance(leaf, np.ndarray):
         arr = leaf
     elif is_opaque(leaf):
-        raise UnsupportedLeafError(
-            f"leaf {path} is a {type(leaf).__name__}: ragged and sparse tensors have no dense "
-            "layout; convert them first (e.g. .to_tensor() or tf.sparse.to_dense)",
-            path,
-        )
+        raise opaque_leaf_error(path, leaf)
     elif isinstance(leaf, (np.generic, bytes, str, int, float, bool, complex)):
         arr = np.asarray(leaf)
     elif hasattr(leaf, "__array__"):
@@ -282,6 +297,11 @@ class Flattener:
                 if arr.dtype != spec.source_dtype and not (
                     spec.passthrough and is_string_array(arr)
                 ):
+                    if arr.dtype.kind == "O" and not is_string_array(arr):
+                        # Variable-length rows that happened to match in the first batch
+                        # (Hugging Face's with_format("numpy") stacks those, and gives an
+                        # object array of rows for the first batch where they differ).
+                        raise object_leaf_error(spec.path, arr)
                     raise dtype_changed(spec, arr.dtype, index)
         for i, spec in enumerate(self._specs):
             if spec.conversion == CAST:
@@ -317,7 +337,18 @@ class Flattener:
             parts.append(f"new leaves {', '.join(added)}")
         if not parts:
             parts.append(f"structure {treedef} instead of {self._treedef}")
-        return f"batch {index} changed structure: " + "; ".join(parts)
+        message = f"batch {index} changed structure: " + "; ".join(parts)
+        if any(_LIST_ITEM.search(p) for p in missing + added):
+            message += (
+                " (if those are items of Python lists, the source yields lists, and every item "
+                "of a list is a leaf: yield NumPy arrays instead, e.g. a Hugging Face dataset's "
+                'with_format("numpy"))'
+            )
+        return message
+
+
+# A leaf named by its position in a sequence, such as ``['ids'][3]``.
+_LIST_ITEM = re.compile(r"\[\d+\]$")
 
 
 def dtype_changed(spec: LeafSpec, dtype: np.dtype, index: int) -> StructureChangedError:
