@@ -137,7 +137,7 @@ def test_local_files_stream_and_resume_exactly(tmp_path, kind):
 
     def batches():
         files = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True)
-        return ns["HFBatches"](files.with_format("numpy"), batch_size=8)
+        return files.batch(8).with_format("numpy")
 
     full = list(batches())
     assert_bitwise(list(stream(batches())), tutorial(full))
@@ -156,7 +156,7 @@ def test_a_shuffle_buffer_is_not_in_hugging_face_state_so_a_resume_loses_its_row
     def batches():
         iterable = ns["ds"].select_columns(["label"]).to_iterable_dataset(num_shards=1)
         shuffled = iterable.with_format("numpy").shuffle(seed=3, buffer_size=16)
-        return ns["HFBatches"](shuffled, batch_size=8)
+        return shuffled.batch(8)
 
     with stream(batches()) as s:
         got = labels(next(s) for _ in range(5))
@@ -249,15 +249,29 @@ def test_datasets_from_a_generator_or_local_files_are_sources_like_any_other(tmp
         assert_bitwise(got, tutorial(train.with_format("numpy").iter(batch_size=32)))
 
 
-def test_an_iterable_dataset_as_it_is_resumes_by_replaying():
+def test_an_iterable_dataset_resumes_through_its_state_dict_under_every_backend():
     ns = run()
-    iterable = ns["ds"].select_columns(["image", "label"]).to_iterable_dataset(num_shards=4)
-    batches = iterable.batch(8).with_format("numpy")  # re-iterable: each stream starts anew
-    full = tutorial(batches)
-    with stream(batches, prefetch=3) as s:
-        got = [next(s) for _ in range(4)]
-        saved = json.loads(json.dumps(s.state()))
-    assert saved["source"] is None  # a replay: no state of the source's own
-    with stream(batches, state=saved) as s:
-        got += list(s)
-    assert_bitwise(got, full)
+    rows = ns["ds"].select_columns(["image", "label"])
+
+    def batches():
+        return rows.to_iterable_dataset(num_shards=4).batch(8).with_format("numpy")
+
+    full = tutorial(batches())
+    for backend in ALL_BACKENDS:
+        with stream(batches(), prefetch=3, backend=backend) as s:
+            got = [next(s) for _ in range(4)]
+            saved = json.loads(json.dumps(s.state()))
+        assert saved["source"]["examples_iterable"], "the source's own state, not a replay"
+        with stream(batches(), state=saved, backend=backend) as s:
+            got += list(s)
+        assert_bitwise(got, full)
+
+
+def test_a_state_of_another_source_fails_at_the_first_batch_and_delivers_none():
+    # datasets 5.2.0 takes any dict in load_state_dict() and fails when iterated: the stream
+    # says which batch and why, and delivers nothing from a position it does not know.
+    ns = run()
+    iterable = ns["ds"].to_iterable_dataset(num_shards=4).batch(8).with_format("numpy")
+    state = {"version": 2, "batches": 2, "source": {"nonsense": 1}}
+    with stream(iterable, state=state) as s, pytest.raises(SourceError, match="at batch 2"):
+        next(s)

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._backends import BACKENDS, BackendName
 from ._options import StreamOptions
-from ._state import Checkpointable
+from ._state import Checkpointable, StateDictSource
 from ._stream import Stream, StreamStats, core_available, stream
 from .convert import from_numpy, load_memmap, map_numpy, to_numpy
 from .errors import (
@@ -56,6 +56,7 @@ __all__ = [
     "ShardingError",
     "SlotTimeoutError",
     "SourceError",
+    "StateDictSource",
     "StateTimeoutError",
     "Stream",
     "StreamClosedError",

@@ -20,7 +20,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._padding import Padder
-from ._state import Checkpointable, Unsaveable, decode_items, encode_items, encode_value
+from ._state import (
+    Checkpointable,
+    StateDictSource,
+    Unsaveable,
+    decode_items,
+    encode_items,
+    encode_value,
+)
 from ._tfdata import load_iterator, save_iterator, skip
 from .errors import SourceError, StateTimeoutError
 
@@ -273,6 +280,8 @@ def restore(
             return itertools.islice(chained, saved.skip, None), None, None, None
         ds = skip(source, batches)
         return iter(ds.as_numpy_iterator() if numpy_items else ds), None, None, None
+    if isinstance(source, StateDictSource) and not isinstance(source, Iterator):
+        return _restore_by_dict(source, saved)
     iterator = iter(source)
     owned = opened(source, iterator)
     stateful = iterator if isinstance(iterator, Checkpointable) else None
@@ -293,3 +302,32 @@ def restore(
         return iterator, stateful, None, owned
     items = itertools.islice(iterator, batches, None) if batches else iterator
     return items, stateful, None, owned
+
+
+class _DictState:
+    """A ``StateDictSource`` seen as the ``get_state()`` the reader snapshots."""
+
+    def __init__(self, source: StateDictSource) -> None:
+        self._source = source
+
+    def get_state(self) -> Any:
+        return self._source.state_dict()
+
+
+def _restore_by_dict(
+    source: StateDictSource, saved: Any
+) -> tuple[Iterator[Any], Any, TfLog | None, Any]:
+    if saved is not None and saved.source is not None:
+        try:
+            source.load_state_dict(saved.source)
+        except Exception as error:
+            raise ValueError(
+                f"state['source'] was refused by the source's load_state_dict(): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        iterator = iter(source)
+        return iterator, _DictState(source), None, opened(source, iterator)
+    iterator = iter(source)
+    batches = saved.batches if saved is not None else 0
+    items = itertools.islice(iterator, batches, None) if batches else iterator
+    return items, _DictState(source), None, opened(source, iterator)

@@ -19,6 +19,9 @@ and ``"batch_size"`` with ``pad_last=True``. How each source kind resumes:
   producer read ahead. Snapshots are encoded to JSON as they are taken (``encode_value``): a
   live dict the iterator goes on mutating cannot leak into them, and ``bytes``, tuples and
   NumPy values come back as they were.
+* Iterables with ``state_dict()`` / ``load_state_dict()`` (Hugging Face ``IterableDataset``,
+  torchdata's ``StatefulDataLoader``): the same snapshots, taken from the source object,
+  which is loaded before it is iterated again.
 * ``tf.data`` with ``checkpoint=True``: the iterator's own state (shuffle buffers and random
   state included, as ``tf.train.Checkpoint`` would save it) plus the batches read ahead
   (``_position.TfLog``). Resuming restores the iterator and yields the saved batches first.
@@ -32,6 +35,7 @@ import base64
 import binascii
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -63,6 +67,22 @@ class Checkpointable(Protocol):
     def get_state(self) -> Any: ...
 
     def set_state(self, state: Any, /) -> None: ...
+
+
+@runtime_checkable
+class StateDictSource(Protocol):
+    """An iterable that saves the position of its current pass, the way Hugging Face's
+    ``IterableDataset`` and torchdata's ``StatefulDataLoader`` do: ``state_dict()`` after a
+    batch says where the pass stands, and ``load_state_dict()`` before ``iter()`` makes the
+    next pass start there. A stream over such a source resumes from that state instead of by
+    replaying. (Loading a state sticks to the object: a fresh start needs a fresh object.)
+    """
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any, /) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ class PlotsUnavailable(RuntimeError):
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot with a non-interactive backend, or PlotsUnavailable saying how to get it."""
+    """matplotlib.pyplot drawing to files, or PlotsUnavailable saying how to install it."""
     try:
         import matplotlib
     except ImportError:
