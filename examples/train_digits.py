@@ -13,8 +13,8 @@ The whole recipe in one file (docs/training.md explains each step):
 
 Run it, interrupt it, run it again::
 
-    python examples/train_digits.py --ckpt-dir /tmp/digits --epochs 3 --stop-after 20
-    python examples/train_digits.py --ckpt-dir /tmp/digits --epochs 3   # resumes at step 16
+    python examples/train_digits.py --ckpt-dir /tmp/digits --save-every 8 --stop-after 21
+    python examples/train_digits.py --ckpt-dir /tmp/digits --save-every 8  # resumes at step 16
 
 ``--stop-after K`` simulates a preemption: the process exits hard (``os._exit``) after step K,
 once the checkpoints already started have been written. Needs flax, optax, orbax-checkpoint,
@@ -58,9 +58,9 @@ def tf_source(train: dict[str, np.ndarray], batch_size: int, epochs: int, seed: 
     """A seeded tf.data pipeline that reshuffles every epoch.
 
     ``batch`` comes before ``repeat`` so that every epoch ends with its own short batch (which
-    ``pad_last`` pads), and the shuffle is seeded so that the epochs after a resume are shuffled
-    as they would have been: the stream saves the iterator's own state (``checkpoint=True``),
-    but tf.data draws each later epoch's shuffle from the seed.
+    ``pad_last`` pads). The seed makes the pipeline deterministic, which is what lets the
+    stream resume it by replaying: a new process builds it again and skips the batches the
+    saved stream had delivered.
     """
     import tensorflow as tf
 
@@ -163,7 +163,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     epochs = math.ceil(total / per_epoch)  # the source holds just enough epochs
 
     model = MLP(nnx.Rngs(args.seed))
-    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
 
     manager = None
     saved_stream: dict[str, Any] | None = None
@@ -201,16 +201,15 @@ def main(argv: Iterable[str] | None = None) -> None:
         source = tf_source(train, args.batch_size, epochs, args.seed)
     else:
         source = grain_source(train, args.batch_size, epochs, args.seed)
-    # checkpoint=True (tf.data only): the stream's state holds tf.data's own iterator state,
-    # so a resume re-reads nothing; without it the stream would replay (re-read and drop) the
-    # batches it had delivered. Grain resumes through its own iterator state either way.
-    checkpoint = args.source == "tf"
+    # Grain resumes through its own iterator state. tf.data resumes by replay (re-reading and
+    # dropping the batches delivered before the checkpoint), not with checkpoint=True: with
+    # tensorflow 2.21, an iterator saved at the end of an epoch (which tf.data's own prefetch
+    # reaches at a moment that depends on timing) restores the next epoch of a seeded
+    # reshuffle_each_iteration shuffle in another order than the uninterrupted run.
 
     step = saved_stream["batches"] if saved_stream is not None else 0
     log = args.log_batches.open("a") if args.log_batches is not None else None
-    with fastbridge.stream(
-        source, prefetch=4, pad_last=True, state=saved_stream, checkpoint=checkpoint
-    ) as s:
+    with fastbridge.stream(source, prefetch=4, pad_last=True, state=saved_stream) as s:
         for batch, mask in s:
             loss = train_step(model, optimizer, batch, mask)
             step += 1
