@@ -9,6 +9,7 @@ after the checkpoint it resumed from.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,10 @@ def test_preempted_training_resumes_bit_for_bit(source, env, tmp_path):
     assert data["batches"] == LAST_SAVE and data["batch_size"] == 128
     # Grain: its own iterator state; tf.data: replayed, so the batch count is the position.
     assert (data["source"] is not None) == (source == "grain") and "tf_iterator" not in data
+
+    # What a crash in the middle of the next save would leave: its items under orbax's
+    # temporary name, never renamed to the step. The resume must ignore it.
+    shutil.copytree(ckpt / str(LAST_SAVE), ckpt / f"{LAST_SAVE + SAVE_EVERY}.orbax-checkpoint-tmp")
 
     out = run(env, *resumable, "--out", tmp_path / "got.npz")
     assert f"resumed from step {LAST_SAVE}" in out
