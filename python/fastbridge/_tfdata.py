@@ -132,6 +132,8 @@ _STATEFUL_RANDOM_OPS = frozenset(
 )  # fmt: skip
 _SEEDED_CLASSES = frozenset({"_ShuffleDataset", "_ShuffleAndRepeatDataset", "_RandomDataset"})
 _REPEAT_CLASSES = frozenset({"_RepeatDataset", "RepeatDataset"})
+# batch(num_parallel_calls=...) (_ParallelBatchDataset) restores exactly; these two do not.
+_BATCH_CLASSES = frozenset({"_BatchDataset", "_PaddedBatchDataset"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +149,11 @@ class PipelineFacts:
     under a ``repeat`` or inside an ``interleave``/``flat_map`` body."""
     stateful_random: tuple[str, ...]
     """Stateful random ops (``tf.random.uniform``...) whose state a saved iterator drops."""
+    reshuffles_batched: bool = False
+    """A reshuffling ``shuffle`` whose batches (``drop_remainder=False``) a ``repeat`` runs
+    again: tf.data (2.21) restores such an iterator saved at an epoch's end with the next
+    epoch in another order (``shuffle -> batch -> repeat``; ``shuffle -> repeat -> batch`` is
+    exact)."""
 
     @property
     def runs_python(self) -> bool:
@@ -156,7 +163,7 @@ class PipelineFacts:
 def pipeline_facts(ds: Any) -> PipelineFacts:
     python: set[str] = set()
     stateful: set[str] = set()
-    found = {"generator": False, "reshuffles": False}
+    found = {"generator": False, "reshuffles": False, "batched": False}
     seen: set[int] = set()
 
     def scan_functions(dataset: Any) -> None:
@@ -180,7 +187,10 @@ def pipeline_facts(ds: Any) -> PipelineFacts:
                         # made again for every input element, with fresh seeds if unseeded.
                         found["reshuffles"] = found["reshuffles"] or _unseeded_node(node, nodes)
 
-    def visit(dataset: Any, under_repeat: bool) -> None:
+    def visit(dataset: Any, under_repeat: bool, batched_in_repeat: bool) -> None:
+        # Walks from the output to the sources: ``under_repeat`` when a repeat() runs this
+        # dataset again; ``batched_in_repeat`` when a batch that keeps its remainder sits
+        # between this dataset and such a repeat.
         if id(dataset) in seen:
             return
         seen.add(id(dataset))
@@ -188,14 +198,31 @@ def pipeline_facts(ds: Any) -> PipelineFacts:
         if kind in _SEEDED_CLASSES and _unseeded(dataset):
             again = under_repeat or kind == "_ShuffleAndRepeatDataset"
             found["reshuffles"] = found["reshuffles"] or again
+        if kind == "_ShuffleDataset" and batched_in_repeat:
+            found["batched"] = found["batched"] or bool(
+                getattr(dataset, "_reshuffle_each_iteration", True)
+            )
         scan_functions(dataset)
+        repeats = kind in _REPEAT_CLASSES
+        batches = under_repeat and kind in _BATCH_CLASSES and not _drops_remainder(dataset)
         for parent in dataset._inputs():
-            visit(parent, under_repeat or kind in _REPEAT_CLASSES)
+            visit(parent, under_repeat or repeats, batched_in_repeat or batches)
 
-    visit(ds, False)
+    visit(ds, False, False)
     return PipelineFacts(
-        tuple(sorted(python)), found["generator"], found["reshuffles"], tuple(sorted(stateful))
+        tuple(sorted(python)),
+        found["generator"],
+        found["reshuffles"],
+        tuple(sorted(stateful)),
+        found["batched"],
     )
+
+
+def _drops_remainder(dataset: Any) -> bool:
+    try:
+        return bool(tf_module().get_static_value(dataset._drop_remainder))
+    except Exception:
+        return False  # cannot tell: assume it keeps the remainder
 
 
 def _unseeded(dataset: Any) -> bool:
@@ -238,6 +265,13 @@ def check_checkpoint(facts: PipelineFacts) -> None:
             "repeat() or inside an interleave/flat_map, with new seeds: batches up to the end "
             "of the current epoch resume exactly, later epochs come in a different order. "
             "Pass shuffle(..., seed=N) (or call tf.random.set_seed) to make them exact"
+        )
+    if facts.reshuffles_batched:
+        limits.append(
+            "a shuffle that reshuffles each epoch is batched (keeping the remainder) before "
+            "a repeat(): tf.data restores such an iterator saved at an epoch's end with the "
+            "next epoch in another order. Repeat before batching (shuffle -> repeat -> "
+            "batch), or batch with drop_remainder=True, to make every epoch exact"
         )
     if facts.stateful_random:
         limits.append(
