@@ -54,9 +54,9 @@ soak: wheel  ## the long runs: 100,000 batches through the ring, and the exactly
 		-p no:cacheprovider test_exactly_once.py -k every_batch
 
 lint: setup  ## ruff, mypy --strict (pyproject.toml), and the type stubs checked against the built extension
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
-	$(VENV)/bin/mypy python/fastbridge tests/typing
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/mypy python/fastbridge tests/typing examples
 	cd /tmp && $(abspath $(PY)) -m mypy.stubtest fastbridge._core
 
 test-python: wheel  ## pytest against the installed wheel (not the source tree)
