@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import time
 import typing
@@ -12,11 +11,12 @@ from typing import Any
 
 import jax
 
+from .._position import close_iterator
 from .._tfdata import pipeline_facts
 from ..bench.cli import Progress
 from ..bench.report import Ratios, summarize
 from . import _advice, _measure
-from ._load import DoctorError, close, describe, fresh, kind_of, numpy_batches, resolve
+from ._load import DoctorError, describe, fresh, kind_of, numpy_batches, resolve
 
 FASTBRIDGE = ("auto", "ring", "numpy", "direct")
 SCENARIO = "doctor"
@@ -120,7 +120,7 @@ def diagnose(
     try:
         first = next(iterator, None)
     finally:
-        close(iterator)
+        close_iterator(iterator)
     if first is None:
         raise DoctorError(f"factory {name!r} returned an empty dataset (no batch to measure)")
     resident = jax.block_until_ready(jax.device_put(first))  # type: ignore[no-untyped-call]
@@ -149,8 +149,6 @@ def diagnose(
             began = time.perf_counter()
             sample = _measure.run(m, ctx, _measure.PROBE_BATCHES, end)
             dearest = max(dearest, time.perf_counter() - began)
-            if kind == "grain":
-                gc.collect()
             if sample is not None:
                 probe[m.key] = sample
         if not probe and stopped:
@@ -184,8 +182,6 @@ def diagnose(
                     break
                 bar.update(f"round {rep + 1}/{chosen.rounds} {m.key}")
                 sample = _measure.run(m, ctx, chosen.batches, end)
-                if kind == "grain":
-                    gc.collect()  # a Grain iterator's worker processes end when it is freed
                 if sample is not None:
                     samples.append({**sample, "rep": rep, "scenario": SCENARIO})
             if stopped:

@@ -120,13 +120,6 @@ def numpy_batches(source: Any) -> Iterator[Any]:
     return iter(source)
 
 
-def close(iterator: Any) -> None:
-    """Close an iterator that can be closed (a generator, a Grain iterator with workers)."""
-    stop = getattr(iterator, "close", None)
-    if callable(stop):
-        stop()
-
-
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

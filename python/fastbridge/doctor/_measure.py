@@ -19,7 +19,8 @@ from typing import Any
 import jax
 
 from .. import stream
-from ._load import StepError, close, fresh, numpy_batches
+from .._position import close_iterator
+from ._load import StepError, fresh, numpy_batches
 
 PROBE_BATCHES = 3
 
@@ -138,7 +139,7 @@ def run(m: Measure, ctx: Context, batches: int, deadline: float) -> dict[str, An
         wall = time.perf_counter() - wall0
     finally:
         if iterator is not None:
-            close(iterator)
+            close_iterator(iterator)
     count = len(waits)
     if count == 0:
         return None
