@@ -4,50 +4,22 @@ the tutorial loop's batches bit for bit, resume exactly, and fail clearly on rag
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ALL_BACKENDS
 from fastbridge import SourceError, StructureChangedError, UnsupportedLeafError, stream
+from recipes import assert_bitwise, run_recipes, tutorial
 
 datasets = pytest.importorskip("datasets")
 pytest.importorskip("tensorflow")
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "sources.md"
-
-
-def recipe(name: str) -> str:
-    """The code block of docs/sources.md marked ``<!-- recipe: name -->``."""
-    found = re.search(rf"<!-- recipe: {name} -->\n```python\n(.*?)```", DOC.read_text(), re.S)
-    assert found, f"docs/sources.md has no recipe {name!r}"
-    return found.group(1)
-
 
 def run(*names: str, **given) -> dict:
     """Run the ``step`` block, the setup and then ``names`` in one namespace, as a reader would."""
-    namespace = dict(given)
-    for name in ("step", "hf-setup", *names):
-        exec(compile(recipe(name), f"docs/sources.md:{name}", "exec"), namespace)
-    return namespace
-
-
-def tutorial(numpy_batches) -> list:
-    """What the tutorial loop hands the train step: ``jnp.asarray`` of every NumPy leaf."""
-    return [jax.tree.map(jnp.asarray, b) for b in numpy_batches]
-
-
-def assert_bitwise(got: list, want: list) -> None:
-    assert len(got) == len(want)
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert jax.tree.structure(g) == jax.tree.structure(w), i
-        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(w), strict=True):
-            assert isinstance(a, jax.Array), (i, type(a))
-            assert (a.dtype, a.shape) == (b.dtype, b.shape), i
-            assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), i
+    return run_recipes(dict(given), "step", "hf-setup", *names)
 
 
 def labels(batches) -> list:

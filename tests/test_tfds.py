@@ -5,60 +5,30 @@ prepared from local data, give the tutorial loop's batches bit for bit, resume e
 from __future__ import annotations
 
 import json
-import re
 import shutil
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ALL_BACKENDS
 from fastbridge import SourceError, UnsupportedLeafError, stream
+from recipes import assert_bitwise, run_recipes, tutorial
 
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")  # slow to import: once per module
-
-DOC = Path(__file__).resolve().parent.parent / "docs" / "sources.md"
-
-
-def recipe(name: str) -> str:
-    """The code block of docs/sources.md marked ``<!-- recipe: name -->``."""
-    found = re.search(rf"<!-- recipe: {name} -->\n```python\n(.*?)```", DOC.read_text(), re.S)
-    assert found, f"docs/sources.md has no recipe {name!r}"
-    return found.group(1)
 
 
 @pytest.fixture(scope="module")
 def prepared():
     """The setup block run once: the builder prepared into its own data_dir."""
     namespace: dict = {}
-    exec(compile(recipe("tfds-setup"), "docs/sources.md:tfds-setup", "exec"), namespace)
+    run_recipes(namespace, "tfds-setup")
     yield namespace
     shutil.rmtree(namespace["data_dir"], ignore_errors=True)
 
 
 def run(prepared: dict, *names: str) -> dict:
     """``names`` run after the step and setup blocks, as a reader would run them."""
-    namespace = dict(prepared)
-    for name in ("step", *names):
-        exec(compile(recipe(name), f"docs/sources.md:{name}", "exec"), namespace)
-    return namespace
-
-
-def tutorial(numpy_batches) -> list:
-    """What the tutorial loop hands the train step: ``jnp.asarray`` of every NumPy leaf."""
-    return [jax.tree.map(jnp.asarray, b) for b in numpy_batches]
-
-
-def assert_bitwise(got: list, want: list) -> None:
-    assert len(got) == len(want)
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        assert jax.tree.structure(g) == jax.tree.structure(w), i
-        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(w), strict=True):
-            assert isinstance(a, jax.Array), (i, type(a))
-            assert (a.dtype, a.shape) == (b.dtype, b.shape), i
-            assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), i
+    return run_recipes(dict(prepared), "step", *names)
 
 
 def test_the_builder_is_prepared_locally_with_the_documented_dtypes(prepared):
