@@ -384,6 +384,37 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if sharded_here:
         total += len(s_sizes) * len(s_layouts) * args.repeats * len(sharded_routes)
     progress = Progress(total, not args.no_progress)
+
+    def rounds(
+        scenario: str,
+        routes: list[Any],
+        layout: str,
+        size: int,
+        batch: Any,
+        ds: Any,
+        step: Any,
+        resident: Any,
+        sharding: Any,
+    ) -> None:
+        """``args.repeats`` rounds of every route on one case, interleaved: A B C ... A B C."""
+        for rep in range(args.repeats):
+            for route in routes:
+                m = sc.measure(
+                    route,
+                    ds,
+                    batches=args.batches,
+                    warmup=args.warmup,
+                    step=step,
+                    resident=resident,
+                    probe_copies=True,
+                    stream_options=stream_options,
+                    sharding=sharding,
+                )
+                m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
+                m["rss_growth"] = m["rss_end"] - m["rss_start"]
+                samples.append(_sample(scenario, route, layout, size, rep, **m))
+                progress.update(f"{scenario} {layout} {report.size_label(size)} {route.key}")
+
     started = mark = time.perf_counter()
     timings: dict[str, float] = meta.setdefault("scenario_seconds", {})
     try:
@@ -401,22 +432,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 meta.setdefault("step_seconds_by_case", {})[f"{layout} {size}"] = sc.time_step(
                     step.fn, resident, runs=5
                 )
-                for rep in range(args.repeats):
-                    for route in chosen:  # interleaved: A B C ... A B C ...
-                        m = sc.measure(
-                            route,
-                            ds,
-                            batches=args.batches,
-                            warmup=args.warmup,
-                            step=step,
-                            resident=resident,
-                            probe_copies=True,
-                            stream_options=stream_options,
-                        )
-                        m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
-                        m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                        samples.append(_sample("handoff", route, layout, size, rep, **m))
-                        progress.update(f"handoff {layout} {report.size_label(size)} {route.key}")
+                rounds("handoff", chosen, layout, size, batch, ds, step, resident, None)
                 del resident
         timings["handoff"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -513,23 +529,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             )
             for layout, size, batch, ds in _datasets(sc, s_layouts, s_sizes):
                 resident = jax.device_put(batch, sharding)
-                for rep in range(args.repeats):
-                    for route in sharded_routes:  # interleaved, as in the handoff
-                        m = sc.measure(
-                            route,
-                            ds,
-                            batches=args.batches,
-                            warmup=args.warmup,
-                            step=step,
-                            resident=resident,
-                            probe_copies=True,
-                            stream_options=stream_options,
-                            sharding=sharding,
-                        )
-                        m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
-                        m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                        samples.append(_sample("sharded", route, layout, size, rep, **m))
-                        progress.update(f"sharded {layout} {report.size_label(size)} {route.key}")
+                rounds("sharded", sharded_routes, layout, size, batch, ds, step, resident, sharding)
                 del resident
         elif "sharded" in wanted:
             if os.environ.get(CHILD):
