@@ -525,7 +525,10 @@ def run_script(body: str, timeout: float = 60, **kwargs) -> subprocess.Completed
 @pytest.mark.parametrize("backend", SLOT_BACKENDS)
 def test_ctrl_c_while_blocked_in_next(backend):
     body = f"""
-        import threading
+        import signal, threading
+        # Ctrl-C as at a terminal, also when the suite runs in the background (a shell starts
+        # background jobs with SIGINT ignored, and Python then installs no handler for it).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         never = threading.Event()
         def source():
             yield {{"x": np.zeros(4, np.float32)}}
