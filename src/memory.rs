@@ -7,6 +7,11 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
+// A plain std atomic even under loom: ids only need to be unique, not modelled.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The id the next allocation gets; see [`HostBuffer::id`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Alignment of every slot: one page, so that slots can be locked and registered with a GPU
 /// driver page by page, and every 64-byte leaf offset inside it stays 64-byte aligned.
@@ -28,6 +33,7 @@ pub struct HostBuffer {
     ptr: NonNull<u8>,
     capacity: usize,
     pinning: Pinning,
+    id: u64,
 }
 
 // SAFETY: a HostBuffer is plain memory with a single owner; moving it to another thread moves
@@ -54,6 +60,7 @@ impl HostBuffer {
                 locked: false,
                 cuda: false,
             },
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         };
         buffer.pinning.locked = lock && buffer.lock_pages();
         if !buffer.pinning.locked {
@@ -74,6 +81,12 @@ impl HostBuffer {
 
     pub fn pinning(&self) -> Pinning {
         self.pinning
+    }
+
+    /// Unique for the life of the process: a new allocation at a freed buffer's address gets a
+    /// new id, so a registration keyed by address (a JAX client's `dma_map`) can tell the two apart.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Start address, for DLPack export and for tests that prove aliasing.

@@ -312,6 +312,19 @@ impl Slot {
         Ok(self.lease()?.buffer().capacity())
     }
 
+    /// This slot's memory's allocation id: never reused, unlike its address.
+    #[getter]
+    fn buffer_id(&self) -> PyResult<u64> {
+        Ok(self.lease()?.buffer().id())
+    }
+
+    /// Whether the slot's pages are registered with the CUDA driver (exports then say
+    /// `kDLCUDAHost`).
+    #[getter]
+    fn cuda(&self) -> PyResult<bool> {
+        Ok(self.lease()?.buffer().pinning().cuda)
+    }
+
     /// Whether the slot's pages are locked in RAM.
     #[getter]
     fn locked(&self) -> PyResult<bool> {

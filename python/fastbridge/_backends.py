@@ -36,6 +36,16 @@ from ._leaves import (
 from ._multihost import global_shape
 from ._native import LEAF_ALIGN
 from ._native import core as _core
+from ._transfer import (
+    DmaMaps,
+    Route,
+    Transfers,
+    choose_route,
+    forced_route,
+    probe,
+    registers_with_cuda,
+    splitter,
+)
 from .errors import CoreRangeError, ShardingError, warn
 
 if TYPE_CHECKING:
@@ -164,10 +174,13 @@ def _sharding_error(
 
 
 class SlotConverter:
-    """Copy a batch into a ring slot (Rust or NumPy) and import every leaf without a copy.
+    """Copy a batch into a ring slot (Rust or NumPy) and hand every leaf to JAX.
 
-    With a sharding that splits the batch axis, each shard's rows get their own 64-byte-aligned
-    block in the slot, so every device's shard aliases the slot on CPU.
+    On JAX's CPU devices (route ``cpu``) every leaf is imported from the slot without a copy;
+    with a sharding that splits the batch axis, each shard's rows get their own 64-byte-aligned
+    block, so every device's shard aliases the slot. On an accelerator the slot is laid out
+    device by device, each device's bytes travel in one transfer and are split into leaves
+    there, and the slot is reused only after its transfer has completed (``_transfer``).
     """
 
     def __init__(
@@ -175,26 +188,34 @@ class SlotConverter:
         pool: Any,
         placement: Placement,
         flatten: Flattener,
+        route: Route = "cpu",
+        depth: int = 1,
     ) -> None:
         self.pool = pool
         self.placement = placement
         self.flatten = flatten
         self.numpy_ring = bool(getattr(pool, "numpy_views", False))
-        self.on_cpu = placement.device.platform == "cpu"
+        self.route: Route = route
+        self.transfers = Transfers(route, depth) if route != "cpu" else None
+        self.dma_maps = DmaMaps(placement.device.client) if route == "dma_map" else None
         self.acquire_seconds = 0.0
         self.slot_ranges: dict[int, int] = {}
 
     def _import(self, exporter: Any, device: jax.Device, bfloat: bool) -> jax.Array:
-        if self.on_cpu and (not device.local_hardware_id or not self.numpy_ring):
+        if not device.local_hardware_id or not self.numpy_ring:
             array = jax.dlpack.from_dlpack(exporter, device=device, copy=False)
-        elif self.on_cpu:  # NumPy views always say CPU device 0: JAX copies to the others
+        else:  # NumPy views always say CPU device 0: JAX copies to the others
             array = jax.dlpack.from_dlpack(exporter, device=device)
-        else:
-            # Host (ideally pinned) memory first, then an asynchronous transfer to the device.
-            array = jax.device_put(jax.dlpack.from_dlpack(exporter), device)
         if bfloat and self.numpy_ring:  # NumPy exports bfloat16 as uint16
             array = jax.lax.bitcast_convert_type(array, jnp.bfloat16)
         return array  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Wait for transfers in flight, then drop the client's registrations of slots."""
+        if self.transfers is not None:
+            self.transfers.drain()
+        if self.dma_maps is not None:
+            self.dma_maps.close()
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         flat = self.flatten(item, index)
@@ -210,6 +231,8 @@ class SlotConverter:
         it without a copy. Returns the arrays, in order, and the bytes they hold."""
         if not leaves:
             return [], 0
+        if self.transfers is not None:
+            return self._write_and_transfer(leaves, specs)
         # Plan: (leaf index, row start, row stop, devices, offset) per block.
         plan: list[tuple[int, int, int, list[jax.Device], int]] = []
         end = 0
@@ -249,8 +272,8 @@ class SlotConverter:
                 bfloat = code == DL_BFLOAT
                 for device in devices:
                     # The DLPack device id must name the CPU device the shard lands on.
-                    hardware_id = device.local_hardware_id if self.on_cpu else 0
-                    exporter = slot.export(offset, shape, code, bits, hardware_id or 0)
+                    hardware_id = device.local_hardware_id or 0
+                    exporter = slot.export(offset, shape, code, bits, hardware_id)
                     shards.setdefault(i, []).append(self._import(exporter, device, bfloat))
         finally:
             slot.release()
@@ -262,6 +285,92 @@ class SlotConverter:
                 out.append(arrays[0])
             elif i in fallback:
                 out.append(self.placement.place(arrays)[0])
+            else:
+                out.append(self.placement.assemble(leaf.shape, arrays))
+            nbytes += leaf.size * spec.target_dtype.itemsize
+        return out, nbytes
+
+    def _write_and_transfer(
+        self, leaves: list[np.ndarray], specs: list[LeafSpec]
+    ) -> tuple[list[jax.Array], int]:
+        """``write`` for accelerators: the slot holds each device's blocks back to back, one
+        transfer per device moves them, and a jitted split makes the leaves on the device."""
+        assert self.transfers is not None
+        # Per leaf: its row blocks and the devices holding each (one block without sharding).
+        blocks: list[list[tuple[int, int, list[jax.Device]]]] = []
+        fallback: set[int] = set()
+        devices: dict[jax.Device, None] = {}  # every target device, in first-seen order
+        for i, (spec, leaf) in enumerate(zip(specs, leaves, strict=True)):
+            self.placement.check(spec.path, tuple(leaf.shape))
+            found = self.placement.row_blocks(leaf.shape)
+            if not found:
+                fallback.add(i)
+                found = [(0, leaf.shape[0] if leaf.ndim else 0, [self.placement.device])]
+            blocks.append(found)
+            for _, _, holders in found:
+                devices.update(dict.fromkeys(holders))
+        # Layout, device by device: (leaf, block, offset, shape) entries and the byte range.
+        regions: list[tuple[jax.Device, int, int, list[tuple[int, int, int, list[int]]]]] = []
+        end = 0
+        for device in devices:
+            start = end = _align(end)
+            entries = []
+            for i, leaf_blocks in enumerate(blocks):
+                leaf, spec = leaves[i], specs[i]
+                for b, (rows_start, rows_stop, holders) in enumerate(leaf_blocks):
+                    if device not in holders:
+                        continue
+                    shape = [rows_stop - rows_start, *leaf.shape[1:]] if leaf.ndim else []
+                    offset = _align(end)
+                    entries.append((i, b, offset, shape))
+                    end = offset + math.prod(shape) * spec.target_dtype.itemsize
+            regions.append((device, start, end, entries))
+        self.transfers.reap()  # completed transfers give their slots back first
+        started = time.perf_counter()
+        slot = self.pool.acquire(end)
+        self.acquire_seconds += time.perf_counter() - started
+        shards: dict[tuple[int, int, jax.Device], jax.Array] = {}
+        try:
+            self.slot_ranges[slot.address] = slot.capacity
+            work = []
+            work_specs = []  # the spec of each work item, to name a leaf that overflows
+            for _, _, _, entries in regions:
+                for i, b, offset, _ in entries:
+                    leaf, spec = leaves[i], specs[i]
+                    rows_start, rows_stop, _ = blocks[i][b]
+                    part = leaf[rows_start:rows_stop] if leaf.ndim else leaf
+                    source = _as_bytes(part) if spec.fill_code == COPY else part.reshape(-1)
+                    work.append((source, offset, spec.fill_code))
+                    work_specs.append(spec)
+            try:
+                slot.fill(work)
+            except CoreRangeError as error:
+                raise core_overflow(error, work_specs) from None
+            if self.dma_maps is not None:
+                self.dma_maps.ensure(slot.address, slot.capacity, slot.buffer_id)
+            for device, start, stop, entries in regions:
+                flat = self.transfers.send(slot.export(start, [stop - start], 1, 8), device)
+                layout = tuple(
+                    (offset - start, tuple(shape), np.dtype(specs[i].target_dtype))
+                    for i, _, offset, shape in entries
+                )
+                for (i, b, _, _), array in zip(entries, splitter(layout)(flat), strict=True):
+                    shards[i, b, device] = array
+        finally:
+            slot.release()
+        out: list[jax.Array] = []
+        nbytes = 0
+        for i, (leaf, spec) in enumerate(zip(leaves, specs, strict=True)):
+            # A block replicated on several devices was written and moved once per device.
+            arrays = [
+                shards[i, b, device]
+                for b, (_, _, holders) in enumerate(blocks[i])
+                for device in holders
+            ]
+            if self.placement.sharding is None:
+                out.append(arrays[0])
+            elif i in fallback:
+                out.append(self.placement.place(arrays[:1])[0])
             else:
                 out.append(self.placement.assemble(leaf.shape, arrays))
             nbytes += leaf.size * spec.target_dtype.itemsize
@@ -430,10 +539,19 @@ class Backend:
     """
 
     def __init__(
-        self, name: str, queue: Any, pool: Any, converter: Any, *, numpy_items: bool = True
+        self,
+        name: str,
+        queue: Any,
+        pool: Any,
+        converter: Any,
+        *,
+        numpy_items: bool = True,
+        route: Route | None = None,
     ) -> None:
         self.name = name
         self.numpy_items = numpy_items
+        self.route = route
+        """How slot memory reaches the device (``_transfer``); ``None`` without slots."""
         self.queue = queue
         self.pool = pool
         self.converter = converter
@@ -454,7 +572,18 @@ class Backend:
         """The slot pool's counters (empty without one; frozen at close)."""
         if self._final_stats is not None:
             return self._final_stats
-        return dict(self.pool.stats()) if self.pool is not None else {}
+        if self.pool is None:
+            return {}
+        stats = dict(self.pool.stats())
+        slots = self._slot_converter()
+        if slots is not None and slots.dma_maps is not None:
+            stats["dma_mapped_slots"] = len(slots.dma_maps)
+        return stats
+
+    def _slot_converter(self) -> SlotConverter | None:
+        """The converter that fills this backend's slots (``direct``'s narrowing one)."""
+        found = getattr(self.converter, "narrowing", None) or self.converter
+        return found if isinstance(found, SlotConverter) else None
 
     def consumer_copies(self) -> bool:
         return False
@@ -464,6 +593,9 @@ class Backend:
             # Stats after the end describe the pool as it was, not the freed one.
             self._final_stats = self.pool_stats()
         self.queue.close()
+        slots = self._slot_converter()
+        if slots is not None:
+            slots.close()  # transfers finish before their slots are freed
         if self.pool is not None:
             self.pool.close()
 
@@ -522,31 +654,43 @@ def make_backend(
 
     core: Any = _core if name != "numpy" else None  # the NumPy twins when None
     queue: Any = core.ReadyQueue(options.prefetch) if core else NumpyQueue(options.prefetch)
+    platform = placement.device.platform
+    route: Route | None = None
 
     def pool() -> Any:
+        nonlocal route
+        route = choose_route(
+            probe(placement.device), pin_memory=options.pin_memory, forced=forced_route()
+        )
         settings = dict(
             slots=options.slots_or_default,
             max_bytes=options.max_pool_bytes,
             lock=options.pin_memory,
-            cuda=options.pin_memory and placement.device.platform == "gpu",
-            copy_threads=options.copy_threads_or_default,
+            cuda=registers_with_cuda(route),
+            copy_threads=options.copy_threads_for(platform),
             queue=queue,
         )
         return core.SlotPool(**settings) if core else NumpySlotPool(**settings)
 
+    def converter(slot_pool: Any) -> SlotConverter:
+        assert route is not None
+        # Transfers in flight hold their slots: at most prefetch of them, so the producer
+        # always finds a slot (the pool has prefetch + 2) and stays prefetch batches ahead.
+        return SlotConverter(slot_pool, placement, flatten, route, depth=options.prefetch)
+
     if name in ("ring", "numpy"):
         slot_pool = pool()
-        return Backend(name, queue, slot_pool, SlotConverter(slot_pool, placement, flatten))
+        return Backend(name, queue, slot_pool, converter(slot_pool), route=route)
     if name == "direct":
         if core is None:  # NumPy narrows into fresh memory
-            converter = DirectConverter(placement, flatten)
-            return Backend(name, queue, None, converter, numpy_items=False)
+            direct = DirectConverter(placement, flatten)
+            return Backend(name, queue, None, direct, numpy_items=False)
         # Slots only for leaves that must be narrowed (allocated on first use, so a batch that
         # aliases its source takes none).
         slot_pool = pool()
-        narrowing = SlotConverter(slot_pool, placement, flatten)
-        converter = DirectConverter(placement, flatten, narrowing)
-        return Backend(name, queue, slot_pool, converter, numpy_items=False)
+        narrowing = converter(slot_pool)
+        direct = DirectConverter(placement, flatten, narrowing)
+        return Backend(name, queue, slot_pool, direct, numpy_items=False, route=route)
     if name == "copy":
         return CopyBackend(name, queue, None, CopyConverter(placement, flatten))
     raise ValueError(f"unknown backend {name!r}")

@@ -61,10 +61,12 @@ def _aligned_buffer(nbytes: int) -> np.ndarray:
 
 
 class _Slot:
-    __slots__ = ("buffer", "refs")
+    __slots__ = ("buffer", "id", "refs")
+    _ids = itertools.count(1)
 
     def __init__(self, buffer: np.ndarray) -> None:
         self.buffer = buffer
+        self.id = next(self._ids)  # never reused, unlike the buffer's address
         self.refs = 0
 
 
@@ -89,6 +91,14 @@ class NumpySlot:
     @property
     def capacity(self) -> int:
         return int(self._get().buffer.nbytes)
+
+    @property
+    def buffer_id(self) -> int:
+        return self._get().id
+
+    @property
+    def cuda(self) -> bool:
+        return False
 
     @property
     def locked(self) -> bool:

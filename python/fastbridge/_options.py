@@ -103,12 +103,15 @@ class StreamOptions:
         """Slots allocated before the pool counts as grown: ``prefetch + 2`` unless set."""
         return self.slots if self.slots is not None else self.prefetch + 2
 
-    @property
-    def copy_threads_or_default(self) -> int:
-        """Threads that fill one large slot: ``min(2, cpu_count)`` unless set."""
+    def copy_threads_for(self, platform: str) -> int:
+        """Threads that fill one large slot, unless set: on CPU ``min(2, cpu_count)``, since
+        the step needs the other cores; for an accelerator every core, so that filling slot
+        k + 1 keeps up with the transfer of slot k."""
         if self.copy_threads is not None:
             return self.copy_threads
-        return min(2, os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+        return min(2, cores) if platform == "cpu" else cores
 
 
 def x64_enabled() -> bool:

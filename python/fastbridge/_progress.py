@@ -28,6 +28,10 @@ class StreamStats:
     pool_grown: int
     """How many slots were added because the consumer kept every slot and waited."""
     elapsed_seconds: float
+    transfer_route: str | None = None
+    """How slot memory reaches the device: ``cpu`` (JAX's CPU devices alias the slots, no
+    transfer), ``dma_map``, ``pinned_host``, ``register`` or ``device_put`` (one transfer per
+    device per batch; see the accelerators guide); ``None`` for a backend without slots."""
 
     @property
     def batches_per_second(self) -> float:
@@ -99,7 +103,12 @@ def summary(stats: Any) -> str:
         pool = (
             f" {owner} used {stats.slots} slots ({stats.pool_bytes / 2**20:.1f} MiB, {pinned}"
             + (f", grown {stats.pool_grown} times" if stats.pool_grown else "")
-            + f") and copied {stats.bytes_copied / 2**30:.2f} GiB."
+            + f") and copied {stats.bytes_copied / 2**30:.2f} GiB"
+            + (
+                f", moved to the device by {stats.transfer_route}."
+                if stats.transfer_route not in (None, "cpu")
+                else "."
+            )
         )
     return (
         f"fastbridge ({stats.backend}): {stats.batches} batches, "

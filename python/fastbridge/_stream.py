@@ -491,10 +491,15 @@ class Stream(Iterator[T], Generic[T]):
             ),
             bytes_copied=copied,
             pinned=pool_bytes > 0
-            and (pool.get("locked_bytes", 0) >= pool_bytes or pool.get("cuda_slots", 0) >= slots),
+            and (
+                pool.get("locked_bytes", 0) >= pool_bytes
+                or pool.get("cuda_slots", 0) >= slots
+                or pool.get("dma_mapped_slots", 0) >= slots
+            ),
             slots=slots,
             pool_bytes=pool_bytes,
             pool_grown=pool.get("pool_grown", 0),
+            transfer_route=backend.route,
             elapsed_seconds=time.perf_counter() - self._started,
         )
 
@@ -611,7 +616,8 @@ def stream(source: Iterable[Any], options: StreamOptions) -> Stream[Any]:
       max_pool_bytes: cap on slot memory; growing past it raises ``PoolExhaustedError``.
       slots: slots allocated before the pool counts as grown (default ``prefetch + 2``).
       pin_memory: lock slot pages in RAM (and register them with CUDA on GPUs) when allowed.
-      copy_threads: threads that fill one large slot (default ``min(2, cpu_count)``).
+      copy_threads: threads that fill one large slot (default ``min(2, cpu_count)`` on CPU,
+        every core for an accelerator).
 
     Every batch is delivered exactly once, in order, across ``state()`` and resume, Ctrl-C
     (a ``KeyboardInterrupt`` raised inside ``next()`` leaves the batch for the next call)
