@@ -17,6 +17,7 @@ The budget fits CI; ``FASTBRIDGE_MODEL_EXAMPLES=200 make soak`` runs the long pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -157,6 +158,20 @@ class Interrupter:
         signal.signal(signal.SIGINT, self.previous)
 
 
+@contextlib.contextmanager
+def forced_transfer(route: str | None):
+    """``FASTBRIDGE_TRANSFER=route`` while a stream starts (``None``: the route probed)."""
+    previous = os.environ.pop("FASTBRIDGE_TRANSFER", None)
+    if route is not None:
+        os.environ["FASTBRIDGE_TRANSFER"] = route
+    try:
+        yield
+    finally:
+        os.environ.pop("FASTBRIDGE_TRANSFER", None)
+        if previous is not None:
+            os.environ["FASTBRIDGE_TRANSFER"] = previous
+
+
 class ExactlyOnce(RuleBasedStateMachine):
     kind = "list"
 
@@ -165,9 +180,13 @@ class ExactlyOnce(RuleBasedStateMachine):
         prefetch=st.integers(1, 4),
         pad_last=st.booleans(),
         failing=st.booleans(),
+        # The accelerator path (one transfer per batch, split on the device, slots held
+        # until the transfer completed), which this variable makes CPU devices take.
+        transfer=st.sampled_from([None, "device_put"]),
     )
-    def open_first(self, backend, prefetch, pad_last, failing):
+    def open_first(self, backend, prefetch, pad_last, failing, transfer):
         FAIL["batch"] = None
+        self.transfer = transfer
         self.interrupter = Interrupter()
         self.pad_last = pad_last
         self.checkpoint = self.kind in ("tf-checkpoint", "tf-shuffle")
@@ -186,14 +205,15 @@ class ExactlyOnce(RuleBasedStateMachine):
     def _open(self, backend, prefetch, state):
         if self.stream is not None:
             self.stream.close()
-        self.stream = stream(
-            source_for(self.kind, self.failing),
-            backend=backend,
-            prefetch=prefetch,
-            pad_last=self.pad_last,
-            checkpoint=self.checkpoint,
-            state=state,
-        )
+        with forced_transfer(self.transfer):
+            self.stream = stream(
+                source_for(self.kind, self.failing),
+                backend=backend,
+                prefetch=prefetch,
+                pad_last=self.pad_last,
+                checkpoint=self.checkpoint,
+                state=state,
+            )
         self.next_position = state["batches"] if state else 0
         self.ended = self.errored = False
 
