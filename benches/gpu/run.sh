@@ -6,7 +6,7 @@
 # Installs the fastbridge wheel from dist/ (or $FASTBRIDGE_WHEEL) into /tmp/fb-site without
 # touching the system's packages (JAX, NumPy, CuPy and PyTorch come from the machine), prints
 # the GPU's summary, then runs benches/gpu/check.py under a hard timeout and writes
-# OUTDIR/gpu-check.json and OUTDIR/gpu-check.log. OUTDIR defaults to $OUT, else the current
+# OUTDIR/gpu-check.json, OUTDIR/split-cost.json and OUTDIR/gpu-check.log. OUTDIR defaults to $OUT, else the current
 # directory. The exit status is check.py's (0 fine, 1 a corrupted/lost/repeated batch, 2 a
 # crash; 124 when the timeout stopped it).
 set -euo pipefail
@@ -54,6 +54,9 @@ started=$SECONDS
 set +e
 timeout 330 "$python" benches/gpu/check.py --out "$outdir/gpu-check.json" "$@" 2>&1 | tee -a "$log"
 status=${PIPESTATUS[0]}
+# One transfer + split against per-leaf device_put, 8 leaves (about 20 s).
+timeout 60 "$python" benches/gpu/split_cost.py --mib 1 16 64 --out "$outdir/split-cost.json" 2>&1 \
+    | tee -a "$log" || echo "run.sh: split_cost.py failed (ignored)" | tee -a "$log"
 set -e
 echo "run.sh: check.py exited with $status after $((SECONDS - started)) s; results in $outdir" | tee -a "$log"
 exit "$status"
