@@ -15,6 +15,7 @@ from ._backends import BACKENDS, BackendName
 from ._options import StreamOptions
 from ._state import Checkpointable, StateDictSource
 from ._stream import Stream, StreamStats, core_available, stream
+from ._tfdata import keep_tensorflow_off
 from .convert import from_numpy, load_memmap, map_numpy, to_numpy
 from .errors import (
     ConversionError,
@@ -67,6 +68,7 @@ __all__ = [
     "__version__",
     "core_available",
     "from_numpy",
+    "keep_tensorflow_off",
     "load_memmap",
     "map_numpy",
     "stream",

@@ -29,7 +29,14 @@ from ._position import BATCH, END, ERROR, Position, Reader, TfLog, close_iterato
 from ._progress import ProgressBar, StreamStats, summary
 from ._state import STATE_VERSION, Checkpointable, SavedState, Unsaveable, encode_value
 from ._state import parse as parse_state
-from ._tfdata import cardinality, check_checkpoint, is_dataset, pipeline_facts
+from ._tfdata import (
+    cardinality,
+    check_checkpoint,
+    hides_tensorflow_gpus,
+    is_dataset,
+    keep_tensorflow_off,
+    pipeline_facts,
+)
 from .errors import StateTimeoutError, StreamClosedError
 
 T = TypeVar("T")
@@ -178,6 +185,8 @@ class Stream(Iterator[T], Generic[T]):
         self._options = options
         self._device = _resolve_device(options)
         tf_source = is_dataset(source)
+        if tf_source and hides_tensorflow_gpus(self._device.platform):
+            keep_tensorflow_off()  # usually too late to hide them: then it warns, and how to fix
         facts = pipeline_facts(source) if tf_source else None
         self._backend = choose(options.backend, self._device, facts)
         if options.checkpoint and facts is None:

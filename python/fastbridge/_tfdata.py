@@ -1,7 +1,8 @@
 """What fastbridge needs to know about a ``tf.data`` pipeline, in one place.
 
 TensorFlow is optional: nothing here imports it unless the caller already has (a source can
-only be a ``tf.data.Dataset`` once TensorFlow is imported).
+only be a ``tf.data.Dataset`` once TensorFlow is imported), except ``keep_tensorflow_off()``,
+which a user calls before building a pipeline and which imports TensorFlow when it is installed.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import importlib.util
 import re
 import sys
 from typing import Any
@@ -24,6 +26,80 @@ def tf_module() -> Any:
 def is_dataset(source: Any) -> bool:
     tf = tf_module()
     return tf is not None and isinstance(source, tf.data.Dataset)
+
+
+# -- TensorFlow and the GPU --------------------------------------------------------------------
+
+_GPU_PLATFORMS = frozenset({"gpu", "cuda", "rocm"})
+"""JAX platforms that are GPUs: ``jax.Device.platform`` says ``"gpu"`` for CUDA and ROCm
+devices; the backend names are accepted too."""
+
+
+def hides_tensorflow_gpus(platform: str) -> bool:
+    """Whether a stream whose target device is on JAX ``platform`` keeps TensorFlow off the GPU
+    (``stream()`` calls ``keep_tensorflow_off()`` for its tf.data sources then). On a CPU (or
+    TPU) target TensorFlow's device configuration is left alone."""
+    return platform.lower() in _GPU_PLATFORMS
+
+
+def keep_tensorflow_off() -> bool:
+    """Hide every GPU from TensorFlow, so that tf.data runs on the CPU and JAX keeps the GPU's
+    memory.
+
+    TensorFlow maps nearly all of a GPU's memory the first time it initialises its devices,
+    which any tensor does (building a ``tf.data.Dataset`` is enough); JAX then runs out of
+    memory. Call this once, before building the pipeline: it runs
+    ``tf.config.set_visible_devices([], "GPU")``. Calling it again is harmless.
+
+    ``stream()`` calls it for a ``tf.data`` source whose target device is a GPU, but by then
+    building the dataset has usually initialised TensorFlow already: if TensorFlow holds GPU
+    devices, nothing can hide them any more, and a ``FastbridgeWarning`` says so and how to fix
+    it.
+
+    Returns:
+      ``True`` when TensorFlow sees no GPU afterwards; ``False`` when TensorFlow is not
+      installed (nothing is imported then), or when it had already initialised GPU devices
+      (after the warning).
+
+    Example:
+      >>> import fastbridge
+      >>> fastbridge.keep_tensorflow_off()  # before any TensorFlow tensor or dataset
+      True
+      >>> import tensorflow as tf
+      >>> tf.config.get_visible_devices("GPU")
+      []
+    """
+    # Not installed (or blocked with ``sys.modules["tensorflow"] = None``): import nothing.
+    if sys.modules.get("tensorflow") is None and importlib.util.find_spec("tensorflow") is None:
+        return False
+    import tensorflow as tf
+
+    return _hide_from_tensorflow(tf, "GPU")
+
+
+def _hide_from_tensorflow(tf: Any, device_type: str) -> bool:
+    """Hide every ``device_type`` device from TensorFlow; ``False``, with a warning, when
+    TensorFlow already initialised devices of that type. (``device_type`` is a parameter so
+    that the tests can make the already-initialised case real with CPU devices.)"""
+    try:
+        tf.config.set_visible_devices([], device_type)
+    except RuntimeError:
+        # Visible devices cannot change once TensorFlow has initialised them (TensorFlow
+        # raises only when the list would change, so a repeat call never lands here).
+        held = tf.config.list_logical_devices(device_type)
+        if not held:
+            return True
+        warn(
+            f"TensorFlow already initialised its {device_type} devices "
+            f"({', '.join(d.name for d in held)}) and holds their memory (by default it maps "
+            "nearly all of it), which JAX may need: they cannot be hidden any more. Call "
+            "fastbridge.keep_tensorflow_off() (or tf.config.set_visible_devices([], "
+            f"{device_type!r})) before creating the dataset or any TensorFlow tensor, or set "
+            'CUDA_VISIBLE_DEVICES="" for processes that only run TensorFlow (tf.data service '
+            "workers, preprocessing jobs)"
+        )
+        return False
+    return not tf.config.get_visible_devices(device_type)
 
 
 def cardinality(ds: Any) -> int | None:
