@@ -56,7 +56,7 @@ soak: wheel  ## the long runs: 100,000 batches through the ring, and the exactly
 lint: setup  ## ruff, mypy --strict (pyproject.toml), and the type stubs checked against the built extension
 	$(VENV)/bin/ruff check python tests benches examples
 	$(VENV)/bin/ruff format --check python tests benches examples
-	$(VENV)/bin/mypy python/fastbridge tests/typing examples benches/gpu/check.py
+	$(VENV)/bin/mypy python/fastbridge tests/typing examples benches/gpu/check.py benches/gpu/split_cost.py
 	cd /tmp && $(abspath $(PY)) -m mypy.stubtest fastbridge._core
 
 test-python: wheel  ## pytest against the installed wheel (not the source tree)

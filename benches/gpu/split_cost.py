@@ -42,7 +42,7 @@ def _packed(leaves: list[np.ndarray]) -> tuple[np.ndarray, Any]:
 
 def _time(fn: Any) -> float:
     started = time.perf_counter()
-    jax.block_until_ready(fn())
+    jax.block_until_ready(fn())  # type: ignore[no-untyped-call]
     return time.perf_counter() - started
 
 
