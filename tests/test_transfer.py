@@ -239,3 +239,24 @@ def test_held_and_donated_batches_stay_exact_under_random_holds(backend, monkeyp
     assert seen == list(range(150))
     for i, batch in held.items():
         _assert_bitwise(batch, i)
+
+
+@pytest.mark.parametrize("backend", SLOT_BACKENDS)
+def test_closing_mid_stream_leaves_no_transfer_in_flight(backend, monkeypatch):
+    """close() runs on the consumer's thread while the producer issues transfers: once it
+    returns, none is in flight and none starts (a registration is dropped only after that)."""
+    monkeypatch.setenv("FASTBRIDGE_TRANSFER", "device_put")
+
+    def endless():
+        i = 0
+        while True:
+            yield _batch(i % 4)
+            i += 1
+
+    for taken in range(0, 12, 3):
+        stream = fastbridge.stream(endless(), backend=backend, prefetch=4)
+        converter = _slot_converter(stream)
+        for _ in range(taken):
+            next(stream)
+        stream.close()
+        assert len(converter.transfers) == 0 and converter._closed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,7 +47,7 @@ from ._transfer import (
     registers_with_cuda,
     splitter,
 )
-from .errors import CoreRangeError, ShardingError, warn
+from .errors import CoreRangeError, ShardingError, StreamClosedError, warn
 
 if TYPE_CHECKING:
     from ._options import StreamOptions
@@ -198,6 +199,10 @@ class SlotConverter:
         self.route: Route = route
         self.transfers = Transfers(route, depth) if route != "cpu" else None
         self.dma_maps = DmaMaps(placement.device.client) if route == "dma_map" else None
+        # close() runs on the consumer's thread while the producer may be issuing a transfer:
+        # no transfer starts after close, and none is in flight when registrations go.
+        self._transfer_lock = threading.Lock()
+        self._closed = False
         self.acquire_seconds = 0.0
         self.slot_ranges: dict[int, int] = {}
 
@@ -212,10 +217,12 @@ class SlotConverter:
 
     def close(self) -> None:
         """Wait for transfers in flight, then drop the client's registrations of slots."""
-        if self.transfers is not None:
-            self.transfers.drain()
-        if self.dma_maps is not None:
-            self.dma_maps.close()
+        with self._transfer_lock:
+            self._closed = True
+            if self.transfers is not None:
+                self.transfers.drain()
+            if self.dma_maps is not None:
+                self.dma_maps.close()
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         flat = self.flatten(item, index)
@@ -325,7 +332,8 @@ class SlotConverter:
                     entries.append((i, b, offset, shape))
                     end = offset + math.prod(shape) * spec.target_dtype.itemsize
             regions.append((device, start, end, entries))
-        self.transfers.reap()  # completed transfers give their slots back first
+        with self._transfer_lock:
+            self.transfers.reap()  # completed transfers give their slots back first
         started = time.perf_counter()
         slot = self.pool.acquire(end)
         self.acquire_seconds += time.perf_counter() - started
@@ -346,16 +354,20 @@ class SlotConverter:
                 slot.fill(work)
             except CoreRangeError as error:
                 raise core_overflow(error, work_specs) from None
-            if self.dma_maps is not None:
-                self.dma_maps.ensure(slot.address, slot.capacity, slot.buffer_id)
-            for device, start, stop, entries in regions:
-                flat = self.transfers.send(slot.export(start, [stop - start], 1, 8), device)
-                layout = tuple(
-                    (offset - start, tuple(shape), np.dtype(specs[i].target_dtype))
-                    for i, _, offset, shape in entries
-                )
-                for (i, b, _, _), array in zip(entries, splitter(layout)(flat), strict=True):
-                    shards[i, b, device] = array
+            with self._transfer_lock:
+                if self._closed:
+                    raise StreamClosedError("the stream was closed")
+                if self.dma_maps is not None:
+                    self.dma_maps.ensure(slot.address, slot.capacity, slot.buffer_id)
+                for device, start, stop, entries in regions:
+                    flat = self.transfers.send(slot.export(start, [stop - start], 1, 8), device)
+                    layout = tuple(
+                        (offset - start, tuple(shape), np.dtype(specs[i].target_dtype))
+                        for i, _, offset, shape in entries
+                    )
+                    split = splitter(layout)(flat)
+                    for (i, b, _, _), array in zip(entries, split, strict=True):
+                        shards[i, b, device] = array
         finally:
             slot.release()
         out: list[jax.Array] = []
