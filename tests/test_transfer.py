@@ -29,7 +29,7 @@ GPU_ALL = Capabilities("gpu", dma_map=True, cuda_host_import=True, cuda_driver=T
     ("capabilities", "route"),
     [
         (Capabilities("cpu"), "cpu"),
-        (GPU_ALL, "dma_map"),
+        (GPU_ALL, "pinned_host"),  # dma_map only when forced (below)
         (Capabilities("gpu", cuda_host_import=True, cuda_driver=True), "pinned_host"),
         (Capabilities("gpu", cuda_driver=True), "register"),
         (Capabilities("gpu"), "device_put"),
@@ -38,6 +38,14 @@ GPU_ALL = Capabilities("gpu", dma_map=True, cuda_host_import=True, cuda_driver=T
 )
 def test_the_best_route_the_running_jax_offers_is_chosen(capabilities, route):
     assert choose_route(capabilities) == route
+
+
+def test_dma_map_is_used_only_when_forced():
+    """The pool frees slots mid-stream without telling Python; a client registration that
+    outlived its memory would serve stale pinned pages, so dma_map is never the default."""
+    only_dma = Capabilities("gpu", dma_map=True)
+    assert choose_route(only_dma) == "device_put"
+    assert choose_route(only_dma, forced="dma_map") == "dma_map"
 
 
 def test_pin_memory_false_rules_out_every_pinning_route():
@@ -205,7 +213,7 @@ def test_a_slot_comes_back_only_after_its_transfer_completed():
         slot.fill([(np.full(4096, value, np.uint8), 0, 0)])
         # On CPU the transferred array may alias the slot; on a GPU it is device memory.
         # Either way this test holds no reference of its own: only the transfer does.
-        transfers.send(slot.export(0, [4096], 1, 8), device)
+        transfers.send([(slot.export(0, [4096], 1, 8), device)])
         slot.release()  # the producer's reference: the transfer's host reference remains
     assert pool.stats()["slots_free"] == 0  # every slot still held by its transfer
     transfers.reap()  # three in flight, depth two: the oldest is waited for and released
@@ -260,3 +268,19 @@ def test_closing_mid_stream_leaves_no_transfer_in_flight(backend, monkeypatch):
             next(stream)
         stream.close()
         assert len(converter.transfers) == 0 and converter._closed
+
+
+def test_a_transferred_buffer_someone_deleted_keeps_its_slot_and_crashes_nothing():
+    """``for a in jax.live_arrays(): a.delete()`` reaches the producer's own buffers too;
+    asking a deleted one whether it is ready aborts some JAX versions."""
+    pool = core.SlotPool(slots=2, lock=False)
+    transfers = Transfers("device_put", depth=1)
+    slot = pool.acquire(4096)
+    (flat,) = transfers.send([(slot.export(0, [4096], 1, 8), jax.devices("cpu")[0])])
+    slot.release()
+    flat.delete()
+    transfers.reap()
+    transfers.drain()
+    assert len(transfers) == 0
+    assert pool.stats()["slots_free"] == 0  # kept: nobody can say the copy has finished
+    pool.close()

@@ -8,6 +8,7 @@ the consumer-side baseline, so JAX's per-leaf import cost never lands on the con
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -201,7 +202,9 @@ class SlotConverter:
         self.dma_maps = DmaMaps(placement.device.client) if route == "dma_map" else None
         # close() runs on the consumer's thread while the producer may be issuing a transfer:
         # no transfer starts after close, and none is in flight when registrations go.
-        self._transfer_lock = threading.Lock()
+        # Re-entrant: a stream's finalizer may run close() on the producer's own thread, in a
+        # garbage collection while it holds the lock.
+        self._transfer_lock = threading.RLock()
         self._closed = False
         self.acquire_seconds = 0.0
         self.slot_ranges: dict[int, int] = {}
@@ -219,10 +222,12 @@ class SlotConverter:
         """Wait for transfers in flight, then drop the client's registrations of slots."""
         with self._transfer_lock:
             self._closed = True
-            if self.transfers is not None:
-                self.transfers.drain()
-            if self.dma_maps is not None:
-                self.dma_maps.close()
+            try:
+                if self.transfers is not None:
+                    self.transfers.drain()
+            finally:
+                if self.dma_maps is not None:
+                    self.dma_maps.close()
 
     def __call__(self, item: Any, index: int) -> tuple[Any, int]:
         flat = self.flatten(item, index)
@@ -359,8 +364,16 @@ class SlotConverter:
                     raise StreamClosedError("the stream was closed")
                 if self.dma_maps is not None:
                     self.dma_maps.ensure(slot.address, slot.capacity, slot.buffer_id)
-                for device, start, stop, entries in regions:
-                    flat = self.transfers.send(slot.export(start, [stop - start], 1, 8), device)
+                # The DLPack device id names the target GPU, for a pinned_host import.
+                exports = [
+                    (
+                        slot.export(start, [stop - start], 1, 8, device.local_hardware_id or 0),
+                        device,
+                    )
+                    for device, start, stop, _ in regions
+                ]
+                flats = self.transfers.send(exports)
+                for (device, start, _, entries), flat in zip(regions, flats, strict=True):
                     layout = tuple(
                         (offset - start, tuple(shape), np.dtype(specs[i].target_dtype))
                         for i, _, offset, shape in entries
@@ -606,10 +619,12 @@ class Backend:
             self._final_stats = self.pool_stats()
         self.queue.close()
         slots = self._slot_converter()
-        if slots is not None:
-            slots.close()  # transfers finish before their slots are freed
-        if self.pool is not None:
-            self.pool.close()
+        try:
+            if slots is not None:
+                slots.close()  # transfers finish before their slots are freed
+        finally:
+            if self.pool is not None:
+                self.pool.close()
 
 
 class CopyBackend(Backend):
@@ -671,9 +686,12 @@ def make_backend(
 
     def pool() -> Any:
         nonlocal route
-        route = choose_route(
-            probe(placement.device), pin_memory=options.pin_memory, forced=forced_route()
-        )
+        capabilities = probe(placement.device)
+        if core is None:  # NumPy slots cannot be pinned with CUDA
+            capabilities = dataclasses.replace(
+                capabilities, cuda_host_import=False, cuda_driver=False
+            )
+        route = choose_route(capabilities, pin_memory=options.pin_memory, forced=forced_route())
         settings = dict(
             slots=options.slots_or_default,
             max_bytes=options.max_pool_bytes,
@@ -686,9 +704,11 @@ def make_backend(
 
     def converter(slot_pool: Any) -> SlotConverter:
         assert route is not None
-        # Transfers in flight hold their slots: at most prefetch of them, so the producer
-        # always finds a slot (the pool has prefetch + 2) and stays prefetch batches ahead.
-        return SlotConverter(slot_pool, placement, flatten, route, depth=options.prefetch)
+        # Transfers in flight hold their slots: at most prefetch of them, and always one slot
+        # fewer than the pool has, so the producer finds a slot to fill without the pool
+        # growing, and stays prefetch batches ahead.
+        depth = min(options.prefetch, options.slots_or_default - 1)
+        return SlotConverter(slot_pool, placement, flatten, route, depth=depth)
 
     if name in ("ring", "numpy"):
         slot_pool = pool()

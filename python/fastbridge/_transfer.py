@@ -6,7 +6,7 @@ the slot's used bytes travel in **one** transfer per device and are split into l
 (:func:`splitter`), instead of one ``device_put`` per leaf. How that transfer reads the slot
 is the route, best first:
 
-``dma_map``
+``dma_map`` (only when forced, see :func:`choose_route`)
     The slot is registered with the JAX client (``client.dma_map``), so XLA copies from it by
     DMA without staging it through a pinned buffer of its own.
 ``pinned_host``
@@ -46,6 +46,8 @@ Route = Literal["cpu", "dma_map", "pinned_host", "register", "device_put"]
 ROUTES: tuple[Route, ...] = ("cpu", "dma_map", "pinned_host", "register", "device_put")
 ENVIRONMENT = "FASTBRIDGE_TRANSFER"
 """The environment variable that forces a route, e.g. ``FASTBRIDGE_TRANSFER=device_put``."""
+
+_DL_CUDA_HOST = 3  # DLPack's kDLCUDAHost: pinned host memory a CUDA device can DMA from
 
 Layout = tuple[tuple[int, tuple[int, ...], np.dtype], ...]
 """Where each leaf lies in a transferred buffer: ``(byte offset, shape, dtype)``."""
@@ -97,7 +99,11 @@ def choose_route(
         return forced
     if not pin_memory and capabilities.platform != "cpu":
         return "device_put"
-    return available[0]
+    # dma_map only when forced: the pool frees slots mid-stream (smaller ones replaced by
+    # larger, free ones reclaimed under max_pool_bytes) without telling Python, and a
+    # registration that outlives its memory makes XLA DMA from the old pinned pages when
+    # another buffer lands at that address. The CUDA-pinned routes unpin in the pool itself.
+    return next(route for route in available if route != "dma_map")
 
 
 def registers_with_cuda(route: Route) -> bool:
@@ -140,6 +146,8 @@ def _can_dma_map(device: jax.Device) -> bool:
         del view
     try:
         client.dma_unmap(address)
+    except Exception:  # mapped but not unmappable: do not use the route
+        return False
     finally:
         page.close()
     return True
@@ -153,7 +161,8 @@ def _imports_cuda_host(device: jax.Device) -> bool:
         slot = pool.acquire(PAGE_SIZE)
         if not slot.cuda:
             return False
-        leaf = slot.export(0, [PAGE_SIZE], 1, 8)  # uint8, exported as kDLCUDAHost
+        # uint8, exported as kDLCUDAHost of the target device
+        leaf = slot.export(0, [PAGE_SIZE], 1, 8, device.local_hardware_id or 0)
         slot.release()
         try:
             array = jax.dlpack.from_dlpack(leaf)
@@ -239,63 +248,86 @@ def splitter(layout: Layout) -> Callable[[jax.Array], list[jax.Array]]:
 
 
 class Transfers:
-    """Issue one host-to-device transfer per slot region and keep the host memory alive until
-    it has completed.
+    """Issue the host-to-device transfers of each slot and keep the slot's host memory alive
+    until every one of them has completed.
 
     ``device_put`` returns before the copy is done, and whether JAX keeps a foreign host buffer
     alive until then depends on the route and the version; so this class holds every host
-    reference of a transfer itself, and drops it only once the transferred buffer (never handed
-    to the consumer, so never donated or deleted) is ready. At most ``depth`` transfers are in
+    reference of a slot's transfers itself, and drops them only once the transferred buffers
+    (never handed to the consumer, so never donated) are ready. At most ``depth`` slots are in
     flight: the producer then waits for the oldest, which also bounds the slots they hold.
     """
 
     def __init__(self, route: Route, depth: int) -> None:
         self.route = route
         self.depth = max(1, depth)
-        self._inflight: collections.deque[tuple[jax.Array, list[Any]]] = collections.deque()
+        self._inflight: collections.deque[tuple[list[jax.Array], list[Any]]] = collections.deque()
+        self._orphans: list[list[Any]] = []
+        """Host references of transfers whose buffer someone deleted (``jax.live_arrays()``
+        loops do): it cannot be asked whether it is done, so they are kept until close."""
         self.completed = 0
+        """Transfers completed (one per device per batch)."""
         self.waited = 0
-        """Transfers the producer had to wait for (more than ``depth`` in flight)."""
+        """Slots the producer had to wait for (more than ``depth`` in flight)."""
 
-    def send(self, exporter: Any, device: jax.Device) -> jax.Array:
-        """Move the bytes ``exporter`` (a slot export of ``uint8``) holds to ``device``."""
-        if self.route == "pinned_host":
-            host = jax.dlpack.from_dlpack(exporter)  # zero-copy, in pinned_host memory
-            target = jax.sharding.SingleDeviceSharding(device, memory_kind="device")
-            flat: jax.Array = jax.device_put(host, target)
-            keep: list[Any] = [host, exporter]
-        else:
-            view = np.from_dlpack(exporter)
+    def send(self, regions: list[tuple[Any, jax.Device]]) -> list[jax.Array]:
+        """Move each ``(exporter, device)`` of one slot (a ``uint8`` export) to its device."""
+        flats: list[jax.Array] = []
+        keep: list[Any] = []
+        for exporter, device in regions:
+            cuda_host = exporter.__dlpack_device__()[0] == _DL_CUDA_HOST
+            if self.route == "pinned_host" and cuda_host:
+                host = jax.dlpack.from_dlpack(exporter)  # zero-copy, in pinned_host memory
+                target = jax.sharding.SingleDeviceSharding(device, memory_kind="device")
+                flats.append(jax.device_put(host, target))
+                keep += [host, exporter]
+                continue
+            view = np.from_dlpack(exporter)  # plain or pinned host memory
             if device.platform == "cpu":
                 # Only when a test forces this route on CPU: device_put would alias the slot
                 # and keep it until a garbage collection; a host copy stands in for the DMA.
                 view = view.copy()
-            flat = jax.device_put(view, device)
-            keep = [view, exporter]
-        self._inflight.append((flat, keep))
-        return flat
+            flats.append(jax.device_put(view, device))
+            keep += [view, exporter]
+        self._inflight.append((flats, keep))
+        return flats
+
+    def _done(self, flats: list[jax.Array], wait: bool) -> bool | None:
+        """Whether every transfer of a slot completed (waiting for it with ``wait``); ``None``
+        when one of its buffers was deleted, so nobody can tell."""
+        if any(flat.is_deleted() for flat in flats):
+            return None
+        if wait:
+            jax.block_until_ready(flats)  # type: ignore[no-untyped-call]
+            return True
+        return all(flat.is_ready() for flat in flats)  # type: ignore[attr-defined]
 
     def reap(self) -> None:
-        """Release the host memory of every completed transfer; wait for the oldest while more
-        than ``depth`` are in flight."""
+        """Release the host memory of every slot whose transfers completed; wait for the
+        oldest while more than ``depth`` slots are in flight."""
         while self._inflight:
-            flat, _ = self._inflight[0]
-            if len(self._inflight) > self.depth:
-                flat.block_until_ready()
-                self.waited += 1
-            elif not flat.is_ready():  # type: ignore[attr-defined]
+            flats, keep = self._inflight[0]
+            wait = len(self._inflight) > self.depth
+            done = self._done(flats, wait)
+            if done is False:
                 return
             self._inflight.popleft()
-            self.completed += 1
+            if done is None:
+                self._orphans.append(keep)
+            self.completed += len(flats)
+            self.waited += wait
 
     def drain(self) -> None:
         """Wait for every transfer in flight and release its host memory."""
-        while self._inflight:
-            flat, _ = self._inflight.popleft()
-            try:
-                flat.block_until_ready()
-            finally:
-                self.completed += 1
+        try:
+            while self._inflight:
+                flats, keep = self._inflight.popleft()
+                if self._done(flats, wait=True) is None:
+                    self._orphans.append(keep)
+                self.completed += len(flats)
+        finally:
+            self._inflight.clear()
 
     def __len__(self) -> int:
+        """Slots in flight."""
         return len(self._inflight)
