@@ -110,7 +110,7 @@ impl<'a> Source<'a> {
         self.len == 0
     }
 
-    fn slice(&self, start: usize, len: usize) -> Self {
+    pub(crate) fn slice(&self, start: usize, len: usize) -> Self {
         assert!(start + len <= self.len, "source sub-range out of bounds");
         Self {
             // SAFETY: `start + len <= self.len`, so the pointer stays inside the same region.

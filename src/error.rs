@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+#[derive(Debug)]
 pub enum CoreError {
     Acquire(AcquireError),
     /// A value of leaf `leaf` (an index into the leaves given) did not fit the narrower dtype.

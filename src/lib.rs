@@ -2,7 +2,7 @@
 //! GIL released and exported to JAX through DLPack without copies.
 //!
 //! Layout: [`pool`] (slot ownership and reuse, safe), [`notify`] (wake-ups), [`queue`] (the
-//! ready queue), [`ring`] (the slot pool's Python classes), [`convert`] (`copy_into`, the
+//! ready queue), [`ring`] (the slot pool's Python classes), [`layout`] (a batch's layout in a slot, checked once), [`convert`] (`copy_into`, the
 //! kernels' entry for other buffers), [`gil`] (releasing the GIL), [`error`] (one error
 //! mapping). `unsafe` code lives only in [`memory`], [`copy`], [`dlpack`] and [`cuda`], each
 //! block with a `SAFETY` note (clippy's `undocumented_unsafe_blocks` denies any without).
@@ -25,6 +25,8 @@ mod error;
 #[cfg(not(loom))]
 mod gil;
 #[cfg(not(loom))]
+mod layout;
+#[cfg(not(loom))]
 mod queue;
 #[cfg(not(loom))]
 mod ring;
@@ -42,6 +44,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ring::SlotPool>()?;
     m.add_class::<ring::Slot>()?;
     m.add_class::<ring::Leaf>()?;
+    m.add_class::<layout::Layout>()?;
     m.add_function(wrap_pyfunction!(ring::capsule_name, m)?)?;
     m.add_function(wrap_pyfunction!(ring::cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(convert::copy_into, m)?)?;

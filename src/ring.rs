@@ -5,6 +5,7 @@ use crate::copy::{self, Conversion, Source};
 use crate::dlpack::{self, DLDataType, DLDevice, Export};
 use crate::error::CoreError;
 use crate::gil;
+use crate::layout::{export_end, Fill, Layout};
 use crate::pool::{AcquireError, Lease, Pool, PoolConfig};
 use crate::queue::{timeout_from, QueueCore, ReadyQueue};
 use crate::sync::{Arc, AtomicU64, Ordering};
@@ -149,83 +150,76 @@ impl Slot {
     /// Copy leaves into the slot with the GIL released. `leaves` holds
     /// `(array, offset, conversion)` triples: any C-contiguous buffer, its byte offset in the
     /// slot, and a conversion code (`_core.CONVERSIONS`: 0 copy, 1 f64→f32, 2 i64→i32,
-    /// 3 u64→u32, 4 c128→c64).
+    /// 3 u64→u32, 4 c128→c64). `write` does the same from a `Layout` made once.
     fn fill(&mut self, py: Python<'_>, leaves: Vec<(Bound<'_, PyAny>, usize, u8)>) -> PyResult<()> {
         let lease = self.lease.as_mut().ok_or_else(released)?;
         let lease = Arc::get_mut(lease).ok_or(CoreError::AlreadyExported)?;
-        let capacity = lease.buffer().capacity();
-        // Take the buffer exports first (GIL held); they keep the sources alive and unmoved.
-        let mut plans = Vec::with_capacity(leaves.len());
-        for (index, (array, offset, code)) in leaves.iter().enumerate() {
-            let conversion = Conversion::from_code(*code).ok_or_else(|| {
-                CoreError::Invalid(format!("leaf {index}: unknown conversion code {code}"))
-            })?;
-            let buffer = PyUntypedBuffer::get(array)?;
-            if !buffer.is_c_contiguous() {
-                return Err(CoreError::Invalid(format!(
-                    "leaf {index}: source is not C-contiguous"
-                ))
-                .into());
-            }
-            let (src_unit, dst_unit) = conversion.unit();
-            let len = buffer.len_bytes();
-            if conversion != Conversion::Copy && buffer.item_size() != 8 && buffer.item_size() != 16
-            {
-                return Err(CoreError::Invalid(format!(
-                    "leaf {index}: conversion {conversion:?} needs 8- or 16-byte items, got {}",
-                    buffer.item_size()
-                ))
-                .into());
-            }
-            let out = len / src_unit * dst_unit;
-            if offset.checked_add(out).is_none_or(|end| end > capacity) {
-                return Err(CoreError::Invalid(format!(
-                    "leaf {index}: {out} bytes at offset {offset} do not fit a {capacity}-byte slot"
-                ))
-                .into());
-            }
-            plans.push((index, conversion, buffer, *offset, out));
+        let mut sources = Vec::with_capacity(leaves.len());
+        let mut fills = Vec::with_capacity(leaves.len());
+        for (index, (array, offset, code)) in leaves.into_iter().enumerate() {
+            let buffer = PyUntypedBuffer::get(&array)?;
+            fills.push((index, 0, buffer.len_bytes(), offset, code));
+            sources.push(buffer);
         }
-        plans.sort_by_key(|plan| plan.3);
-        for pair in plans.windows(2) {
-            if pair[0].3 + pair[0].4 > pair[1].3 {
-                return Err(CoreError::Invalid(format!(
-                    "leaves {} and {} overlap in the slot",
-                    pair[0].0, pair[1].0
-                ))
-                .into());
-            }
+        let layout = Layout::build(sources.len(), &fills, &[])?;
+        fill_slot(
+            py,
+            lease,
+            &sources,
+            &layout,
+            self.copy_threads,
+            &self.counters,
+        )
+    }
+
+    /// Fill the slot as `layout` says, from `sources` (C-contiguous buffers, in the layout's
+    /// source order), with the GIL released, then export the layout's leaves: one call per
+    /// batch. A value that does not fit its narrowing raises `CoreRangeError` whose `leaf` is
+    /// the index of the layout's fill entry.
+    fn write(
+        &mut self,
+        py: Python<'_>,
+        sources: Vec<Bound<'_, PyAny>>,
+        layout: PyRef<'_, Layout>,
+    ) -> PyResult<Vec<Leaf>> {
+        let lease = self.lease.as_mut().ok_or_else(released)?;
+        let lease = Arc::get_mut(lease).ok_or(CoreError::AlreadyExported)?;
+        if sources.len() != layout.sources {
+            return Err(CoreError::Invalid(format!(
+                "the layout takes {} sources, got {}",
+                layout.sources,
+                sources.len()
+            ))
+            .into());
         }
-        let threads = self.copy_threads;
-        let started = Instant::now();
-        let total: usize = plans.iter().map(|p| p.4).sum();
-        let result = {
-            let mut rest = lease.buffer_mut().as_mut_slice();
-            let mut consumed = 0;
-            let mut tasks = Vec::with_capacity(plans.len());
-            for (index, conversion, buffer, offset, out) in &plans {
-                let (_, tail) = rest.split_at_mut(offset - consumed);
-                let (dest, tail) = tail.split_at_mut(*out);
-                rest = tail;
-                consumed = offset + out;
-                let source = Source::of(buffer).expect("checked to be C-contiguous above");
-                tasks.push(copy::Task {
-                    leaf: *index,
-                    conversion: *conversion,
-                    source,
-                    dest,
-                });
-            }
-            gil::run(py, || copy::run(tasks, threads))
-        };
-        drop(plans);
-        self.counters.fills.fetch_add(1, Ordering::SeqCst);
-        self.counters
-            .bytes
-            .fetch_add(total as u64, Ordering::SeqCst);
-        let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.counters.nanos.fetch_add(nanos, Ordering::SeqCst);
-        result.map_err(|overflow| CoreError::from(overflow).into())
+        let buffers = sources
+            .iter()
+            .map(PyUntypedBuffer::get)
+            .collect::<PyResult<Vec<_>>>()?;
+        fill_slot(
+            py,
+            lease,
+            &buffers,
+            &layout,
+            self.copy_threads,
+            &self.counters,
+        )?;
+        let lease = self.lease()?;
+        let device_type = device_type_of(lease);
+        Ok(layout
+            .exports
+            .iter()
+            .map(|leaf| Leaf {
+                lease: Arc::clone(lease),
+                offset: leaf.offset,
+                shape: leaf.shape.clone(),
+                dtype: leaf.dtype,
+                device: DLDevice {
+                    device_type,
+                    device_id: leaf.device_id,
+                },
+            })
+            .collect())
     }
 
     /// Export `shape` elements of DLPack dtype (`code`, `bits`) at byte `offset` as a leaf that
@@ -242,43 +236,19 @@ impl Slot {
         device_id: i32,
     ) -> PyResult<Leaf> {
         let lease = self.lease()?;
-        if shape.iter().any(|&d| d < 0) {
-            return Err(
-                CoreError::Invalid(format!("negative dimension in shape {shape:?}")).into(),
-            );
-        }
-        if bits == 0 || bits % 8 != 0 {
-            return Err(
-                CoreError::Invalid(format!("bits must be a multiple of 8, got {bits}")).into(),
-            );
-        }
-        let elements = shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
-        let nbytes = elements.and_then(|n| n.checked_mul(usize::from(bits / 8)));
         let capacity = lease.buffer().capacity();
-        if nbytes
-            .and_then(|n| n.checked_add(offset))
-            .is_none_or(|end| end > capacity)
-        {
-            return Err(CoreError::Invalid(format!(
-                "shape {shape:?} of {bits}-bit items at offset {offset} exceeds the \
-                 {capacity}-byte slot"
-            ))
-            .into());
+        match export_end(offset, &shape, bits) {
+            Err(why) => return Err(CoreError::Invalid(why).into()),
+            Ok(end) if end > capacity => {
+                return Err(CoreError::Invalid(format!(
+                    "shape {shape:?} of {bits}-bit items at offset {offset} exceeds the \
+                     {capacity}-byte slot"
+                ))
+                .into())
+            }
+            Ok(_) => {}
         }
-        if offset % crate::memory::LEAF_ALIGN != 0 {
-            return Err(CoreError::Invalid(format!(
-                "offset {offset} is not {}-byte aligned",
-                crate::memory::LEAF_ALIGN
-            ))
-            .into());
-        }
-        let device_type = if lease.buffer().pinning().cuda {
-            dlpack::DEVICE_CUDA_HOST
-        } else {
-            dlpack::DEVICE_CPU
-        };
+        let device_type = device_type_of(lease);
         Ok(Leaf {
             lease: Arc::clone(lease),
             offset,
@@ -330,6 +300,87 @@ impl Slot {
     fn locked(&self) -> PyResult<bool> {
         Ok(self.lease()?.buffer().pinning().locked)
     }
+}
+
+/// DLPack's device type for a slot's memory: CUDA host memory once registered with the driver.
+fn device_type_of(lease: &Lease) -> i32 {
+    if lease.buffer().pinning().cuda {
+        dlpack::DEVICE_CUDA_HOST
+    } else {
+        dlpack::DEVICE_CPU
+    }
+}
+
+/// Copy `sources` into the slot as `layout` says, with the GIL released (on up to `threads`
+/// threads for large batches), and count the fill.
+fn fill_slot(
+    py: Python<'_>,
+    lease: &mut Lease,
+    sources: &[PyUntypedBuffer],
+    layout: &Layout,
+    threads: usize,
+    counters: &FillCounters,
+) -> PyResult<()> {
+    let capacity = lease.buffer().capacity();
+    if layout.nbytes > capacity {
+        return Err(CoreError::Invalid(format!(
+            "the layout needs {} bytes, the slot has {capacity}",
+            layout.nbytes
+        ))
+        .into());
+    }
+    let mut views = Vec::with_capacity(sources.len());
+    for (index, buffer) in sources.iter().enumerate() {
+        let view = Source::of(buffer)
+            .ok_or_else(|| CoreError::Invalid(format!("source {index} is not C-contiguous")))?;
+        views.push(view);
+    }
+    for fill in &layout.fills {
+        let (buffer, view) = (&sources[fill.source], &views[fill.source]);
+        if fill.start + fill.len > view.len() {
+            return Err(CoreError::Invalid(format!(
+                "fill {}: bytes {}..{} of a {}-byte source",
+                fill.index,
+                fill.start,
+                fill.start + fill.len,
+                view.len()
+            ))
+            .into());
+        }
+        let item = buffer.item_size();
+        if fill.conversion != Conversion::Copy && item != 8 && item != 16 {
+            return Err(CoreError::Invalid(format!(
+                "fill {}: conversion {:?} needs 8- or 16-byte items, got {item}",
+                fill.index, fill.conversion
+            ))
+            .into());
+        }
+    }
+    let started = Instant::now();
+    let total: usize = layout.fills.iter().map(Fill::written).sum();
+    let result = {
+        let mut rest = lease.buffer_mut().as_mut_slice();
+        let mut consumed = 0;
+        let mut tasks = Vec::with_capacity(layout.fills.len());
+        for fill in &layout.fills {
+            let (_, tail) = rest.split_at_mut(fill.offset - consumed);
+            let (dest, tail) = tail.split_at_mut(fill.written());
+            rest = tail;
+            consumed = fill.offset + fill.written();
+            tasks.push(copy::Task {
+                leaf: fill.index,
+                conversion: fill.conversion,
+                source: views[fill.source].slice(fill.start, fill.len),
+                dest,
+            });
+        }
+        gil::run(py, || copy::run(tasks, threads))
+    };
+    counters.fills.fetch_add(1, Ordering::SeqCst);
+    counters.bytes.fetch_add(total as u64, Ordering::SeqCst);
+    let nanos = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+    counters.nanos.fetch_add(nanos, Ordering::SeqCst);
+    result.map_err(|overflow| CoreError::from(overflow).into())
 }
 
 /// One array inside a slot, importable through DLPack (`jax.dlpack.from_dlpack`,

@@ -114,7 +114,7 @@ def test_direct_narrows_64_bit_leaves_into_recycled_slots():
     }
     ds = tf.data.Dataset.from_tensors(batch).repeat(30)
     with stream(ds, backend="direct", prefetch=2) as batches:
-        ranges = batches._pipeline.backend.converter.narrowing.slot_ranges
+        ranges = batches._pipeline.backend.converter.slot_ranges
         used = []
         for b in batches:
             assert (b["ids"].dtype, b["price"].dtype, b["image"].dtype) == (

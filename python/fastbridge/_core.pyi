@@ -11,6 +11,7 @@ __all__ = [
     "MAX_QUEUE_CAPACITY",
     "NARROWINGS",
     "PAGE_SIZE",
+    "Layout",
     "Leaf",
     "ReadyQueue",
     "Slot",
@@ -69,6 +70,7 @@ class Slot:
     """A slot being filled by the producer; writable until its first export."""
 
     def fill(self, leaves: list[tuple[Any, int, int]]) -> None: ...
+    def write(self, sources: list[Any], layout: Layout) -> list[Leaf]: ...
     def export(
         self, offset: int, shape: list[int], code: int, bits: int, device_id: int = 0
     ) -> Leaf: ...
@@ -83,6 +85,23 @@ class Slot:
     def cuda(self) -> bool: ...
     @property
     def locked(self) -> bool: ...
+
+@final
+class Layout:
+    """Where a batch's leaves lie in a slot, checked once (``Slot.write`` follows it)."""
+
+    def __new__(
+        cls,
+        sources: int,
+        fills: list[tuple[int, int, int, int, int]],
+        exports: list[tuple[int, list[int], int, int, int]],
+    ) -> Layout: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def sources(self) -> int: ...
+    @property
+    def exports(self) -> int: ...
 
 @final
 class Leaf:

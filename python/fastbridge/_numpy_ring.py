@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._leaves import COPY, I64_TO_I32, U64_TO_U32
-from ._native import DLPACK_TYPE_CODES, MAX_QUEUE_CAPACITY, NARROWINGS, PAGE_SIZE
+from ._native import DLPACK_TYPE_CODES, LEAF_ALIGN, MAX_QUEUE_CAPACITY, NARROWINGS, PAGE_SIZE
 from .errors import CoreRangeError, PoolExhaustedError, SlotTimeoutError, StreamClosedError
 
 _SIGNAL_POLL = 0.05
@@ -30,7 +30,8 @@ _SIGNAL_POLL = 0.05
 # the GIL while it copies), as the core does above the same size (copy.rs).
 PARALLEL_BYTES = 4 << 20
 
-# Conversion code -> the narrower dtype it writes.
+# Conversion code -> the dtype it reads and the narrower dtype it writes.
+_SOURCE = {code: np.dtype(source) for source, (_, code) in NARROWINGS.items()}
 _TARGET = {code: np.dtype(target) for target, code in NARROWINGS.values()}
 # (DLPack code, bits) -> the dtype of the NumPy view exported for it. NumPy cannot export
 # bfloat16 through DLPack: its view is uint16 and the caller bitcasts.
@@ -70,6 +71,50 @@ class _Slot:
         self.refs = 0
 
 
+class NumpyLayout:
+    """Pure-NumPy twin of ``fastbridge._core.Layout`` (same constructor, same checks)."""
+
+    def __init__(
+        self,
+        sources: int,
+        fills: list[tuple[int, int, int, int, int]],
+        exports: list[tuple[int, list[int], int, int, int]],
+    ) -> None:
+        checked = []
+        for index, (source, start, length, offset, conversion) in enumerate(fills):
+            if conversion != COPY and conversion not in _SOURCE:
+                raise ValueError(f"fill {index}: unknown conversion code {conversion}")
+            if not 0 <= source < sources:
+                raise ValueError(f"fill {index}: source {source} of {sources}")
+            unit = 1 if conversion == COPY else _SOURCE[conversion].itemsize
+            if length % unit:
+                raise ValueError(
+                    f"fill {index}: {length} bytes from byte {start} are not whole "
+                    f"{unit}-byte elements"
+                )
+            written = length if conversion == COPY else length // 2
+            checked.append((index, source, start, length, offset, conversion, written))
+        checked.sort(key=lambda fill: fill[4])
+        for a, b in itertools.pairwise(checked):
+            if a[4] + a[6] > b[4]:
+                raise ValueError(f"fills {a[0]} and {b[0]} overlap in the slot")
+        self.fills = [fill[:6] for fill in checked]
+        self.sources = sources
+        self.leaves = [
+            (offset, list(shape), code, bits) for offset, shape, code, bits, _ in exports
+        ]
+        ends = [fill[4] + fill[6] for fill in checked]
+        for offset, shape, _, bits, _ in exports:
+            if offset % LEAF_ALIGN:
+                raise ValueError(f"offset {offset} is not {LEAF_ALIGN}-byte aligned")
+            ends.append(offset + int(np.prod(shape, dtype=np.int64)) * (bits // 8))
+        self.nbytes = max(ends, default=0)
+
+    @property
+    def exports(self) -> int:
+        return len(self.leaves)
+
+
 class NumpySlot:
     """A slot being filled; the same methods as ``fastbridge._core.Slot``."""
 
@@ -105,27 +150,52 @@ class NumpySlot:
         return False
 
     def fill(self, leaves: list[tuple[np.ndarray, int, int]]) -> None:
+        arrays = [np.asarray(array) for array, _, _ in leaves]
+        fills = [
+            (n, 0, array.nbytes, offset, conversion)
+            for n, (array, (_, offset, conversion)) in enumerate(zip(arrays, leaves, strict=True))
+        ]
+        self._fill(arrays, NumpyLayout(len(arrays), fills, []))
+
+    def write(self, sources: list[np.ndarray], layout: NumpyLayout) -> list[np.ndarray]:
+        """``fastbridge._core.Slot.write``: fill as ``layout`` says, then export its leaves."""
+        if len(sources) != layout.sources:
+            raise ValueError(f"the layout takes {layout.sources} sources, got {len(sources)}")
+        self._fill(sources, layout)
+        return [self.export(*leaf) for leaf in layout.leaves]
+
+    def _fill(self, sources: list[np.ndarray], layout: NumpyLayout) -> None:
         slot = self._get()
         if self._exported:
             raise RuntimeError("a slot cannot be written after it has been exported")
+        if layout.nbytes > slot.buffer.nbytes:
+            raise ValueError(
+                f"the layout needs {layout.nbytes} bytes, the slot has {slot.buffer.nbytes}"
+            )
         started = time.perf_counter()
         copied = 0
-        for index, (array, offset, conversion) in enumerate(leaves):
-            target = array.dtype if conversion == COPY else np.dtype(_TARGET[conversion])
-            nbytes = array.size * target.itemsize
-            if offset + nbytes > slot.buffer.nbytes:
+        for index, source, start, length, offset, conversion in layout.fills:
+            array = sources[source]
+            if not array.flags.c_contiguous:
+                raise ValueError(f"source {source} is not C-contiguous")
+            if start + length > array.nbytes:
                 raise ValueError(
-                    f"leaf {index}: {nbytes} bytes at offset {offset} do not fit a "
-                    f"{slot.buffer.nbytes}-byte slot"
+                    f"fill {index}: bytes {start}..{start + length} of a {array.nbytes}-byte source"
                 )
-            dest = slot.buffer[offset : offset + nbytes].view(target).reshape(array.shape)
-            if conversion in (I64_TO_I32, U64_TO_U32) and array.size:
-                info = np.iinfo(target)
-                lo, hi = array.min(), array.max()
-                if lo < info.min or hi > info.max:
-                    raise CoreRangeError(index, str(lo if lo < info.min else hi))
-            self._ring._copy(dest, array)
-            copied += nbytes
+            part = array.reshape(-1).view(np.uint8)[start : start + length]
+            if conversion == COPY:
+                dest = slot.buffer[offset : offset + length]
+            else:
+                part = part.view(_SOURCE[conversion])
+                target = _TARGET[conversion]
+                dest = slot.buffer[offset : offset + part.size * target.itemsize].view(target)
+                if conversion in (I64_TO_I32, U64_TO_U32) and part.size:
+                    info = np.iinfo(target)
+                    lo, hi = part.min(), part.max()
+                    if lo < info.min or hi > info.max:
+                        raise CoreRangeError(index, str(lo if lo < info.min else hi))
+            self._ring._copy(dest, part)
+            copied += dest.nbytes
         self._ring._count_fill(copied, time.perf_counter() - started)
 
     def export(
@@ -135,11 +205,15 @@ class NumpySlot:
         slot = self._get()
         dtype = np.dtype(_DLPACK_DTYPES[(code, bits)])
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        view = slot.buffer[offset : offset + nbytes].view(dtype).reshape(shape)
+        inner = slot.buffer[offset : offset + nbytes].view(dtype).reshape(shape)
         self._exported = True
         slot.refs += 1
-        weakref.finalize(view, self._ring._unref, slot)
-        return view
+        weakref.finalize(inner, self._ring._unref, slot)
+        # The view handed out sees `inner` through a DLPack capsule: NumPy collapses a view of
+        # a view onto the array that owns the memory (the slot's buffer), so a view someone
+        # takes of a plain view would outlive it and free the slot early; a view of this one
+        # stops at the capsule, which keeps `inner`, and with it the slot, referenced.
+        return np.from_dlpack(inner)
 
     def release(self) -> None:
         if self._slot is not None:

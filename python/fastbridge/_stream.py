@@ -19,14 +19,16 @@ from typing import Any, Generic, NoReturn, TypeVar
 import jax
 
 from . import _backends
-from ._backends import Placement, choose, make_backend
+from ._backends import choose, make_backend
 from ._leaves import Flattener
 from ._multihost import agree_on_batches, process_count, shard_source
 from ._native import available as core_available
 from ._options import StreamOptions, takes_options, x64_enabled
 from ._padding import Padder
+from ._placement import Placement
 from ._position import BATCH, END, ERROR, Position, Reader, TfLog, close_iterator, opened, restore
 from ._progress import ProgressBar, StreamStats, summary
+from ._put import release_host_arrays
 from ._state import STATE_VERSION, Checkpointable, SavedState, Unsaveable, encode_value
 from ._state import parse as parse_state
 from ._tfdata import (
@@ -306,6 +308,9 @@ class Stream(Iterator[T], Generic[T]):
             inflight = self._inflight
             if inflight:
                 break
+            # Batches dropped since the last call give their slots back before this one waits
+            # (JAX defers releasing the host memory its arrays aliased).
+            release_host_arrays()
             started = time.perf_counter()
             try:
                 pipeline.backend.queue.pop_into(inflight)

@@ -11,6 +11,10 @@ from .._tfdata import pipeline_facts, tf_module
 INPUT_BOUND = 0.2
 """A loop that waits for input more than this share of its time is input-bound (the same
 threshold as ``Stream.summary()``)."""
+BALANCE_BAND = 0.05
+"""A wait share within this many points of ``INPUT_BOUND``, or whose rounds fall on both sides
+of it, is too close to call: the job is ``balanced`` (the verdict that one more run would not
+flip)."""
 KEEPS_UP = 0.8
 """A handoff that delivers at least this share of the source's own rate keeps up with it."""
 MAX_PREFETCH = 64
@@ -22,8 +26,11 @@ def bound(
     handoff_rate: float,
     wait_share: float | None,
     step_rate: float | None = None,
+    wait_range: tuple[float, float] | None = None,
 ) -> tuple[str, str]:
-    """``(part, why)``: ``input pipeline``, ``handoff`` or ``step``.
+    """``(part, why)``: ``input pipeline``, ``handoff``, ``step`` or ``balanced`` (the loop's
+    input wait, ``wait_share`` with ``wait_range`` its lowest and highest round, is too close to
+    ``INPUT_BOUND`` to tell input from step).
 
     >>> bound(100.0, 95.0, 0.05)[0], bound(100.0, 95.0, 0.6)[0], bound(100.0, 40.0, 0.6)[0]
     ('step', 'input pipeline', 'handoff')
@@ -31,7 +38,24 @@ def bound(
     'handoff'
     >>> bound(100.0, 95.0, 0.05, step_rate=1000.0)[0]  # a loop cannot outrun its source
     'input pipeline'
+    >>> [bound(100.0, 95.0, s)[0] for s in (0.24, 0.184, 0.20)]  # three runs, one answer
+    ['balanced', 'balanced', 'balanced']
+    >>> bound(100.0, 95.0, 0.3, wait_range=(0.1, 0.4))[0]  # its rounds disagree
+    'balanced'
     """
+    if wait_share is not None and _too_close(wait_share, wait_range):
+        spread = (
+            f" (rounds {100 * wait_range[0]:.0f}% to {100 * wait_range[1]:.0f}%)"
+            if wait_range is not None
+            else ""
+        )
+        return "balanced", (
+            f"the loop waited for input {100 * wait_share:.1f}% of its time{spread}, too close "
+            f"to the {100 * INPUT_BOUND:.0f}% line to call: the input side and the step take "
+            "about as long, so speeding up only one of them gains little; prefetch evens out "
+            "their jitter, and the job speeds up when both do (the pipeline's knobs and a "
+            "lighter step)"
+        )
     waited = (
         f"the loop waited for input {100 * wait_share:.0f}% of its time; "
         if wait_share is not None
@@ -61,6 +85,12 @@ def bound(
         f"{waited}the source alone gives {source_rate:.1f} batches/s but the best handoff "
         f"delivers only {handoff_rate:.1f}: handing batches to JAX is the slowest part"
     )
+
+
+def _too_close(share: float, spread: tuple[float, float] | None) -> bool:
+    if abs(share - INPUT_BOUND) <= BALANCE_BAND:
+        return True
+    return spread is not None and spread[0] < INPUT_BOUND < spread[1]
 
 
 def prefetch_for(source_times: list[list[float]], step_seconds: float | None) -> tuple[int, str]:

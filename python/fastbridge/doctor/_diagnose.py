@@ -31,7 +31,9 @@ class Diagnosis:
     kind: str
     """``tf.data``, ``grain`` or ``iterable``."""
     bound: str
-    """``input pipeline``, ``handoff`` or ``step``."""
+    """``input pipeline``, ``handoff``, ``step``, or ``balanced`` when the loop's input wait is
+    too close to the input-bound threshold to tell the input side from the step (within 5
+    points of it, or with rounds on both sides)."""
     why: str
     input_bound_share: float | None
     """Share of the loop's time spent waiting for input (``None`` without a step)."""
@@ -42,7 +44,8 @@ class Diagnosis:
     prefetch: int
     prefetch_why: str
     knobs: tuple[str, ...]
-    """Settings of the pipeline worth trying (only when the input pipeline bounds the job)."""
+    """Settings of the pipeline worth trying (when the input pipeline bounds the job, or the
+    job is balanced)."""
     rows: tuple[dict[str, Any], ...]
     """Per measurement: label, group and median/min/max of every metric over rounds."""
     ratios: dict[str, tuple[float | None, float | None, float | None]]
@@ -284,18 +287,21 @@ def _conclude(
             "costs more (cores, memory bandwidth) than it hides"
         )
 
-    share = None
+    share = spread = None
     if with_step and f"loop:{backend}" in summary:
-        share = float(summary[f"loop:{backend}"]["metrics"]["wait_fraction"]["median"])
+        waits = summary[f"loop:{backend}"]["metrics"]["wait_fraction"]
+        share, spread = float(waits["median"]), (float(waits["min"]), float(waits["max"]))
     handoffs = [rate(m.key) for m in order if m.group == "handoff"]
     step_rate = rate("step") if "step" in summary else None
-    part, why = _advice.bound(rate("source"), max(handoffs, default=0.0), share, step_rate)
+    part, why = _advice.bound(
+        rate("source"), max(handoffs, default=0.0), share, step_rate, wait_range=spread
+    )
     step_seconds = None
     if "step" in summary:
         step_seconds = float(summary["step"]["metrics"]["seconds"]["median"])
     source_times = [s["next_s"] for s in samples if s["route"] == "source"]
     prefetch, prefetch_why = _advice.prefetch_for(source_times, step_seconds)
-    knobs = tuple(_advice.knobs(source, kind)) if part == "input pipeline" else ()
+    knobs = tuple(_advice.knobs(source, kind)) if part in ("input pipeline", "balanced") else ()
     diagnosis = Diagnosis(
         factory=name,
         step=step_name,

@@ -49,6 +49,10 @@ def table(d: Diagnosis) -> str:
     return render_text((title, header, rows))
 
 
+def _verdict(bound: str) -> str:
+    return "BALANCED (the input side and the step alike)" if bound == "balanced" else bound.upper()
+
+
 def text(d: Diagnosis) -> str:
     share = (
         ("not measured (the budget ran out first)" if d.step else "n/a (no step given)")
@@ -64,7 +68,7 @@ def text(d: Diagnosis) -> str:
         "",
         table(d),
         "",
-        f"Bound by: {d.bound.upper()}: {d.why}.",
+        f"Bound by: {_verdict(d.bound)}: {d.why}.",
         f"Input-bound share: {share}.",
         (
             "Recommended: keep the plain jax.device_put loop (see the notes); with fastbridge, "
@@ -130,7 +134,8 @@ def plot(d: Diagnosis, path: str) -> None:
     ax.set_xlim(right=max(x["max"] for x in m) * 4)
     ax.set_xlabel("batches/s (median; error bars: lowest and highest round)")
     share = "" if d.input_bound_share is None else f", input wait {_percent(d.input_bound_share)}"
-    ax.set_title(f"{d.factory}\nbound by the {d.bound}{share}", fontsize=10)
+    verdict = "balanced" if d.bound == "balanced" else f"bound by the {d.bound}"
+    ax.set_title(f"{d.factory}\n{verdict}{share}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
