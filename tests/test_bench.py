@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-from fastbridge.bench import cli, plots, report, routes, scenarios
+from fastbridge.bench import cli, headline, leaves, plots, report, routes, scenarios, shapes
 
 CANONICAL = {np.dtype(np.float64): np.float32, np.dtype(np.int64): np.int32}
 
@@ -137,8 +137,11 @@ def test_the_sharded_scenario_runs_in_its_own_process(tmp_path):
     seen = {(s["route"], s["rep"]) for s in result["samples"]}
     assert seen == {(r, k) for r in ("device_put", "auto", "floor") for k in (0, 1)}
     assert all(s["scenario"] == "sharded" and s["wall_s"] > 0 for s in result["samples"])
-    (consumer,) = [t for t in result["targets"] if t["target"] == "auto consumer time vs best peer"]
+    targets = {t["target"]: t for t in result["targets"]}
+    consumer = targets["auto consumer time vs best synchronous route"]
     assert consumer["where"] == "sharded f32 64 KiB, vs route 2" and consumer["low"] is not None
+    # No prefetching peer ran, so that target is absent rather than judged against nothing.
+    assert "auto consumer time vs best prefetching peer" not in targets
 
 
 def test_make_batch_layouts():
@@ -155,7 +158,8 @@ def test_make_batch_layouts():
 
 def test_route_and_size_parsing():
     assert [r.number for r in routes.resolve("auto,1,dlpack")] == [1, 3, 8]
-    assert len(routes.resolve("all")) == len(routes.ROUTES) == 13
+    assert len(routes.resolve("all")) == len(routes.ROUTES) == 14
+    assert routes.resolve("14")[0].key == "thread"
     assert [r.key for r in routes.resolve("10,keras,big_vision,13")] == [
         "grain", "keras", "big_vision", "process_local",
     ]  # fmt: skip
@@ -207,9 +211,15 @@ def test_auto_is_judged_against_the_best_peer_of_each_measure():
         _row("sharded", "f32", 1 << 20, "floor", consumer_s=1e-6, wall_s=1e-3),  # not a peer
     ]
     found = {t["target"]: t for t in report.check_targets(summary)}
-    consumer = found["auto consumer time vs best peer"]
+    assert "auto consumer time vs best peer" not in found  # replaced by the two below
+    # Time inside next(): as low as the best prefetching peer's (grain, not big_vision) ...
+    consumer = found["auto consumer time vs best prefetching peer"]
     assert consumer["where"] == "sharded f32 1 MiB, vs route 10"
-    assert consumer["ratio"] == pytest.approx(0.5) and consumer["met"] is False
+    assert consumer["ratio"] == pytest.approx(0.5) and consumer["met"] is True
+    # ... and 4 x below the best route that transfers inside next() (device_put here).
+    sync = found["auto consumer time vs best synchronous route"]
+    assert sync["where"] == "sharded f32 1 MiB, vs route 2" and sync["threshold"] == 0.25
+    assert sync["ratio"] == pytest.approx(1e-5 / 9e-4) and sync["met"] is True
     wall = found["auto wall time vs best peer"]
     assert wall["where"] == "sharded f32 1 MiB, vs route 10"
     assert wall["ratio"] == pytest.approx(5.0 / 4.9) and wall["met"] is False
@@ -308,7 +318,9 @@ def _check_schema(result):
     # Schema only: a measured duration is recorded (no bound on how long it took).
     assert isinstance(meta["step_seconds"], float) and math.isfinite(meta["step_seconds"])
     scenarios_seen = {s["scenario"] for s in result["samples"]}
-    assert scenarios_seen == {"handoff", "throughput", "copy", "e2e", "memory", "sharded"}
+    assert scenarios_seen == {
+        "handoff", "throughput", "copy", "e2e", "memory", "sharded", "leaves", "shapes", "forced"
+    }  # fmt: skip
     assert result["meta"]["sharded"]["devices"] == 8
     for s in result["samples"]:
         for key, kind in (("scenario", str), ("route", str), ("route_number", int),
@@ -337,8 +349,10 @@ def _check_schema(result):
             assert set(stats) == {"median", "min", "max"}
             assert stats["min"] <= stats["median"] <= stats["max"]
     for t in result["targets"]:
-        assert set(t) == {"target", "where", "ratio", "low", "high", "op", "threshold", "met"}
+        assert set(t) == {"target", "where", "ratio", "low", "high", "op", "threshold", "met",
+                          "scenario", "case", "versus", "headline"}  # fmt: skip
         assert t["met"] in (True, False, None)
+        assert t["met"] is None if t["op"] == "info" else t["op"] in ("<=", ">=")
         if t["low"] is not None:  # rounds were paired: the median lies within their range
             assert t["low"] <= t["ratio"] <= t["high"]
     # The tutorial copy always copies on the consumer; fastbridge never does.
@@ -365,18 +379,23 @@ def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
         "--throughput-layouts", "f32", "--copy-sizes", "64K", "--e2e-steps", "2",
         "--e2e-repeats", "1", "--e2e-batch", "8", "--e2e-hidden", "16",
         "--memory-size", "64K", "--memory-batches", "3", "--sharded-sizes", "64K",
-        "--sharded-layouts", "f32", "--no-progress",
+        "--sharded-layouts", "f32", "--leaves-counts", "1,8", "--leaves-sizes", "4K",
+        "--leaves-batches", "2", "--shapes-batches", "3", "--shapes-counts", "8", "--no-progress",
     ]  # fmt: skip
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "consumer-visible" in printed and "Targets" in printed
+    assert "consumer-visible" in printed and "All targets" in printed
+    # The headline leads: before the target list and every per-route table.
+    assert printed.lstrip().startswith("HEADLINE")
+    assert printed.index("HEADLINE") < printed.index("All targets") < printed.index("Handoff")
     result = json.loads((out / "results.json").read_text())
     _check_schema(result)
     # The plots read only the summary: redraw them from the JSON as written.
     redrawn = plots.draw(result, str(tmp_path))
     names = {os.path.basename(p) for p in redrawn}
     always = {"handoff_consumer.png", "handoff_wall.png", "throughput.png", "e2e.png"}
-    always |= {"sharded_consumer.png", "sharded_wall.png"}
+    always |= {"sharded_consumer.png", "sharded_wall.png", "headline.png", "leaves.png"}
+    assert os.path.basename(redrawn[0]) == "headline.png"  # the main plot comes first
     assert always <= names <= always | {"memory.png"}
     # memory.png shows only measures in which the routes differ: none differ, no plot.
     for row in result["summary"]:
@@ -390,7 +409,9 @@ def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG"), name
     md = (out / "summary.md").read_text()
-    assert "### Targets" in md and "tensorflow" in md and "Machine" in md
+    assert "### All targets" in md and "tensorflow" in md and "Machine" in md
+    assert md.index("### Headline") < md.index("### Setup") < md.index("### All targets")
+    assert "![headline.png](headline.png)" in md
     assert "| route |" in md and "handoff_consumer.png" in md
     assert "vs route 3" in md and "| path |" not in md and "vs path" not in md
 
@@ -436,3 +457,205 @@ def test_gpu_mode_exits_zero_without_a_gpu(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "JAX sees no GPU" in done.stdout
+
+
+# -- leaves and shapes -------------------------------------------------------------------------
+LEAF_ROUTES = ("device_put", "auto", "grain", "big_vision", "thread")
+
+
+def test_leaves_routes_read_a_list_of_numpy_dicts():
+    # The NumPy source: a plain list of dicts. Every leaves route delivers its values unchanged.
+    batches = [leaves.leaf_batch(3, 4096, seed=i) for i in range(4)]
+    for key in LEAF_ROUTES:
+        route = routes.BY_KEY[key]
+        if routes.missing(route):
+            continue
+        got = routes.collect(route, batches)
+        assert len(got) == len(batches), key
+        for g, w in zip(got, batches, strict=True):
+            _assert_same(g, w)
+    assert [b["leaf00"].shape for b in batches] == [(16, 64)] * 4
+
+
+def test_leaves_and_shapes_run_at_tiny_sizes(tmp_path, capsys):
+    argv = [
+        "--out", str(tmp_path), "--scenarios", "leaves,shapes", "--repeats", "2",
+        "--warmup", "2", "--leaves-counts", "1,8", "--leaves-sizes", "4K,16K",
+        "--leaves-batches", "2", "--shapes-batches", "5", "--shapes-counts", "8,64",
+        "--no-progress", "--no-plots",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.lstrip().startswith("HEADLINE") and "leaves (no step)" in printed
+    assert "FASTBRIDGE_TRANSFER" not in os.environ  # set only while the forced streams are made
+    result = json.loads((tmp_path / "results.json").read_text())
+    ran = [k for k in LEAF_ROUTES if not routes.missing(routes.BY_KEY[k])]
+    seen = {(s["scenario"], s["layout"], s["size_bytes"], s["route"], s["rep"])
+            for s in result["samples"]}  # fmt: skip
+    for kind in ("numpy", "tf.data"):
+        for count in (1, 8):
+            for size in (4096, 16384):
+                for route in [*ran, "memcpy"]:
+                    for rep in (0, 1):
+                        assert ("leaves", f"{kind} x{count}", size, route, rep) in seen
+    by = {(s["scenario"], s["layout"], s["size_bytes"], s["route"], s["rep"]): s
+          for s in result["samples"]}  # fmt: skip
+    # auto resolves to ring for a list of NumPy dicts, to direct for tf.data; only ring copies.
+    ring = by[("leaves", "numpy x8", 4096, "auto", 0)]
+    direct = by[("leaves", "tf.data x8", 4096, "auto", 0)]
+    assert ring["backend"] == "ring" and ring["producer_copied_bytes"] >= 8 * 4096
+    assert direct["backend"] == "direct" and direct["producer_copied_bytes"] == 0
+    for s in result["samples"]:
+        if s["scenario"] == "leaves" and s["route"] != "memcpy":
+            assert s["batches_per_s"] > 0 and s["cpu_s"] >= 0 and s["consumer_s"] >= 0
+    # shapes: both runs in every round, and the forced route against sync at 8 and 64 leaves.
+    assert result["meta"]["shapes"]["transfer_route"] == "device_put"
+    for rep in (0, 1):
+        assert {("shapes", "8", 16384, r, rep) for r in ("distinct", "same")} <= seen
+        for count in (8, 64):
+            for route in ("forced", "device_put"):
+                assert ("forced", f"numpy x{count}", 16384, route, rep) in seen
+    distinct = by[("shapes", "8", 16384, "distinct", 0)]
+    assert distinct["backend"] == "ring" and len(distinct["next_s"]) == 5
+    names = {t["target"] for t in result["targets"]}
+    assert {
+        "auto batches/s vs best prefetching peer", "auto batches/s vs sync",
+        "auto CPU per batch vs best peer's", "distinct-shape vs one-shape time per batch",
+        "RSS growth MiB over the distinct-shape run", "forced-route batches/s vs sync",
+    } <= names  # fmt: skip
+    md = (tmp_path / "summary.md").read_text()
+    assert md.index("### Headline") < md.index("### All targets") < md.index("Leaves (list of")
+
+
+def test_shaped_batches_differ_only_where_asked():
+    distinct = shapes.shaped_batches(4, distinct=True)
+    same = shapes.shaped_batches(4, distinct=False)
+    assert [b["leaf00"].shape for b in distinct] == [(16, 256), (16, 257), (16, 258), (16, 259)]
+    assert {b["leaf07"].shape for b in same} == {(16, 258)} and len(same[0]) == shapes.LEAVES
+    with shapes.forced_transfer():
+        assert os.environ["FASTBRIDGE_TRANSFER"] == "device_put"
+    assert "FASTBRIDGE_TRANSFER" not in os.environ
+
+
+def _rounds(scenario, layout, size, values, **extra):
+    """Samples of several routes over rounds: ``values`` maps route -> [metric dicts per round]."""
+    return [
+        {"scenario": scenario, "layout": layout, "size_bytes": size, "route": route, "rep": rep,
+         **extra, **m}
+        for route, per_round in values.items()
+        for rep, m in enumerate(per_round)
+    ]  # fmt: skip
+
+
+def _leaf_samples(layout, auto_rates, copied=0):
+    """A leaves case over 3 rounds: sync is fastest of all, thread is the fastest prefetcher."""
+    rates = {
+        "auto": auto_rates,
+        "device_put": [500.0, 500.0, 500.0],
+        "thread": [300.0, 320.0, 310.0],
+        "grain": [200.0, 210.0, 205.0],
+        "big_vision": [100.0, 100.0, 100.0],
+    }
+    cpu = {"auto": 4e-3, "device_put": 2e-3, "thread": 3e-3, "grain": 3.5e-3, "big_vision": 5e-3}
+    values = {
+        r: [{"batches_per_s": v, "wall_s": 1 / v, "cpu_s": cpu[r],
+             "producer_copied_bytes": copied if r == "auto" else 0} for v in vs]
+        for r, vs in rates.items()
+    }  # fmt: skip
+    values["memcpy"] = [{"cpu_s": 1.5e-3, "wall_s": 1.5e-3}] * 3
+    return _rounds("leaves", layout, 16384, values)
+
+
+def test_leaves_targets_judge_auto_against_the_best_prefetching_peer():
+    samples = _leaf_samples("numpy x64", [620.0, 640.0, 600.0], copied=64 * 16384)
+    samples += _leaf_samples("tf.data x64", [250.0, 340.0, 300.0])
+    samples += _leaf_samples("numpy x1", [400.0, 400.0, 400.0])
+    targets = report.check_targets(report.summarize(samples), samples)
+    found = {(t["target"], t["where"].split(",")[0]): t for t in targets}
+    best = found[("auto batches/s vs best prefetching peer", "leaves numpy 64 x 16 KiB")]
+    # The best prefetching peer is thread (route 14), not sync, although sync is faster.
+    assert best["versus"] == "thread" and best["where"].endswith("vs route 14")
+    assert best["ratio"] == pytest.approx(2.0) and best["met"] is True and best["headline"]
+    assert best["low"] == pytest.approx(600 / 310) and best["high"] == pytest.approx(620 / 300)
+    sync = found[("auto batches/s vs sync", "leaves numpy 64 x 16 KiB")]
+    assert (
+        sync["threshold"] == 1.5 and sync["ratio"] == pytest.approx(1.24) and sync["met"] is False
+    )
+    # A miss must be reported as one: round by round 250/300, 340/320, 300/310.
+    missed = found[("auto batches/s vs best prefetching peer", "leaves tf.data 64 x 16 KiB")]
+    assert missed["ratio"] == pytest.approx(300 / 310) and missed["met"] is False
+    assert report.target_lines([missed])[0][3] == "MISSED (noisy)"
+    # One leaf: the ratio against sync is shown for information, without a verdict.
+    info = found[("auto batches/s vs sync", "leaves numpy 1 x 16 KiB")]
+    assert info["op"] == "info" and info["met"] is None and info["ratio"] == pytest.approx(0.8)
+    assert report.target_lines([info])[0][1:] == ("(info)", "0.800 [0.800-0.800]", "info")
+    # CPU: against the leanest prefetching peer (thread, 3 ms), plus a memcpy where auto copies.
+    ring_cpu = found[("auto CPU per batch vs best peer's", "leaves numpy 64 x 16 KiB")]
+    assert "+ one memcpy" in ring_cpu["where"] and ring_cpu["versus"] == "thread"
+    assert ring_cpu["ratio"] == pytest.approx(4e-3 / 4.5e-3) and ring_cpu["met"] is True
+    direct_cpu = found[("auto CPU per batch vs best peer's", "leaves tf.data 64 x 16 KiB")]
+    assert "copies nothing" in direct_cpu["where"]
+    assert direct_cpu["ratio"] == pytest.approx(4e-3 / 3e-3) and direct_cpu["met"] is False
+
+
+def test_shapes_targets():
+    mib = 1 << 20
+    values = {
+        "distinct": [{"wall_s": w, "rss_growth": g * mib} for w, g in ((2e-3, 10), (3e-3, 200))],
+        "same": [{"wall_s": w, "rss_growth": 0} for w in (1e-3, 1e-3)],
+    }
+    samples = _rounds("shapes", "8", 16384, values)
+    forced = {"forced": [{"batches_per_s": v} for v in (900.0, 1100.0)],
+              "device_put": [{"batches_per_s": 1000.0}] * 2}  # fmt: skip
+    samples += _rounds("forced", "numpy x8", 16384, forced)
+    found = {t["target"]: t for t in report.check_targets(report.summarize(samples), samples)}
+    shape = found["distinct-shape vs one-shape time per batch"]
+    assert shape["ratio"] == pytest.approx(2.5) and shape["met"] is False  # over 1.5
+    assert shape["low"] == pytest.approx(2.0) and shape["high"] == pytest.approx(3.0)
+    rss = found["RSS growth MiB over the distinct-shape run"]
+    assert rss["ratio"] == pytest.approx(105) and rss["high"] == pytest.approx(200)
+    assert rss["met"] is True and report.noisy(rss)  # one round went over 150 MiB
+    ceiling = found["forced-route batches/s vs sync"]
+    assert ceiling["ratio"] == pytest.approx(1.0) and ceiling["met"] is True
+    assert ceiling["headline"] and ceiling["versus"] == "device_put"
+
+
+def test_headline_lists_auto_against_the_best_peer_first():
+    samples = _leaf_samples("numpy x8", [620.0, 640.0, 600.0], copied=8 * 16384)
+    handoff = {"auto": [{"wall_s": 5e-3, "consumer_s": 3e-5}] * 2,
+               "grain": [{"wall_s": 4e-3, "consumer_s": 2e-5}] * 2,
+               "device_put": [{"wall_s": 6e-3, "consumer_s": 1e-3}] * 2}  # fmt: skip
+    samples += _rounds("handoff", "dict", 1 << 20, handoff)
+    result_targets = report.check_targets(report.summarize(samples), samples)
+    rows = headline.rows(result_targets)
+    assert [(r.scenario, r.case, r.peer) for r in rows] == [
+        ("leaves (no step)", "numpy, 8 x 16 KiB", "14 thread"),
+        ("handoff (step)", "6-leaf dict, 1 MiB", "10 grain"),
+    ]
+    assert rows[0].speed == pytest.approx(2.0) and rows[0].verdict == "met"
+    # A wall-time target reads as a speed: the peer's 4 ms against auto's 5 ms is 0.8 x.
+    assert rows[1].speed == pytest.approx(0.8) and rows[1].verdict == "MISSED"
+    text = headline.text(result_targets)
+    assert text.startswith("HEADLINE") and "1 of 2 cases; 1 missed" in text
+    lines = text.splitlines()
+    assert "numpy, 8 x 16 KiB" in lines[4] and "2.00" in lines[4] and lines[4].endswith("met")
+    assert "0.80" in lines[5] and lines[5].endswith("MISSED")
+    # The consumer-time target of the handoff: a miss against the prefetching peer (grain).
+    (consumer,) = [t for t in result_targets
+                   if t["target"] == "auto consumer time vs best prefetching peer"]  # fmt: skip
+    assert consumer["ratio"] == pytest.approx(1.5) and consumer["met"] is False
+    md = headline.markdown(result_targets, "headline.png")
+    assert md[0].startswith("### Headline") and md[6].startswith("| leaves (no step) |")
+    assert "**MISSED**" in md[7] and md[-1] == "![headline.png](headline.png)"
+
+
+def test_headline_plot(tmp_path):
+    samples = _leaf_samples("numpy x8", [620.0, 640.0, 600.0])
+    summary = report.summarize(samples)
+    result = {"meta": {}, "summary": summary, "targets": report.check_targets(summary, samples)}
+    written = [os.path.basename(p) for p in plots.draw(result, str(tmp_path))]
+    assert written == ["headline.png", "leaves.png"]
+    assert (tmp_path / "headline.png").read_bytes().startswith(b"\x89PNG")
+    # Without targets in the JSON, the headline is computed from the summary.
+    del result["targets"]
+    assert "headline.png" in {os.path.basename(p) for p in plots.draw(result, str(tmp_path))}

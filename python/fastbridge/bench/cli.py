@@ -1,4 +1,7 @@
-"""``python -m fastbridge.bench``: copy versus zero-copy, every route side by side."""
+"""``python -m fastbridge.bench``: copy versus zero-copy, every route side by side.
+
+Options and profiles are in ``options``; the leaves and shapes scenarios in their own modules.
+"""
 
 from __future__ import annotations
 
@@ -11,317 +14,38 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-QUICK = {
-    "sizes": "64K,1M,16M,64M",
-    "layouts": "f32,dict",
-    "repeats": 3,
-    "batches": 6,
-    "warmup": 2,
-    "throughput_sizes": "1M,64M",
-    "throughput_layouts": "f32",
-    "throughput_batches": 6,
-    "copy_sizes": "64M",
-    "e2e_steps": 15,
-    "e2e_warmup": 3,
-    "e2e_repeats": 2,
-    "e2e_batch": 128,
-    "memory_batches": 300,
-    "sharded_sizes": "1M,16M",
-    "sharded_layouts": "f32",
-}
-FULL = {
-    "sizes": "64K,1M,16M,64M",
-    "layouts": "f32,dict",
-    "repeats": 5,
-    "batches": 30,
-    "warmup": 3,
-    "throughput_sizes": "64K,1M,16M,64M,256M",
-    "throughput_layouts": "f32,dict",
-    "throughput_batches": 40,
-    "copy_sizes": "16M,64M,256M",
-    "e2e_steps": 200,
-    "e2e_warmup": 20,
-    "e2e_repeats": 5,
-    "e2e_batch": 256,
-    "memory_batches": 10_000,
-    "sharded_sizes": "64K,1M,16M,64M",
-    "sharded_layouts": "f32,dict",
-}
-SCENARIOS = ("handoff", "throughput", "e2e", "memory", "sharded")
+from .options import FULL, QUICK, SCENARIOS, build_parser, resolve
+from .runner import Progress, Run, split
+
+__all__ = ["FULL", "QUICK", "SCENARIOS", "Progress", "build_parser", "main", "run", "run_gpu"]
+
 CHILD = "FASTBRIDGE_BENCH_SHARDED_CHILD"
 """Set in the subprocess that runs the sharded scenario (so it never starts another)."""
 
-
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where it is one: options left unset take their value from the
-    profile (``[quick ..., full ...]`` in their help), which "(default: None)" would hide."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
+Scenario = tuple[Callable[[Run], int], Callable[[Run], None]]
+"""How many runs a scenario makes (for the progress bar), and the scenario itself."""
 
 
-class _DeprecatedAlias(argparse.Action):
-    """An option's old name: stores into the new one's ``dest`` and says so on stderr."""
+def _check(args: argparse.Namespace) -> list[str]:
+    """The scenarios wanted; exits with a message on an unknown scenario, layout or size."""
+    from . import report
+    from . import scenarios as sc
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        print(
-            f"{option_string} is deprecated, use --{self.dest.replace('_', '-')}",
-            file=sys.stderr,
-        )
-        setattr(namespace, self.dest, values)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fastbridge.bench",
-        description=(
-            "Measure every way of handing tf.data batches to JAX side by side, on a built-in "
-            "synthetic dataset (no downloads). Routes: 1 tutorial copy (jnp.array per leaf), "
-            "2 as_numpy_iterator + device_put, 3 EagerTensor -> jax.dlpack by hand, "
-            "4 flax-style deque of device_put, 5 fastbridge ring, 6 numpy, 7 direct, 8 auto, "
-            "9 the floor (iterate as_numpy_iterator only), and the peers: 10 Grain's "
-            "experimental.device_put pipeline, 11 Keras's model.fit input path on JAX, "
-            "12 big_vision's memoryview + per-device shards, 13 "
-            "jax.make_array_from_process_local_data (Grain and Keras are skipped with a note "
-            "when not installed). Routes run interleaved "
-            "(A B C ... A B C ...) and repeated; tables show medians with [min-max]. Writes "
-            "results.json (every raw sample), summary.md (paste into benches/RESULTS.md) and "
-            "PNG plots into --out. See benches/README.md."
-        ),
-        formatter_class=_DefaultsFormatter,
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="small sizes, few repeats: under two minutes on 2 cores. Options given "
-        "explicitly still override it",
-    )
-    p.add_argument(
-        "--out",
-        default="bench-results",
-        help="directory for results.json, summary.md and the plots",
-    )
-    p.add_argument(
-        "--device",
-        choices=("cpu", "gpu"),
-        default="cpu",
-        help="cpu: the scenarios below. gpu: host-to-device GB/s from pinned ring "
-        "slots vs pageable NumPy vs device_put of a fresh array; says so and "
-        "exits 0 when JAX sees no GPU",
-    )
-    p.add_argument(
-        "--scenarios",
-        default=",".join(SCENARIOS),
-        help="comma-separated subset of: handoff (one cached batch repeated, a "
-        "jitted CPU step after each), throughput (no step, plus memcpy and ring "
-        "slot fill at the same thread count), e2e (a real tf.data pipeline "
-        "feeding a jitted MLP train step), memory (RSS and page faults), sharded (the "
-        "handoff with batches split over --sharded-devices CPU devices by "
-        "NamedSharding(Mesh(devices, ('batch',)), P('batch')), in a subprocess that forces "
-        "that many host devices; only routes that take a sharding)",
-    )
-    p.add_argument(
-        "--routes",
-        default="all",
-        help="comma-separated route numbers or names (tutorial, device_put, dlpack, "
-        "flax_prefetch, ring, numpy, direct, auto, floor, grain, keras, big_vision, "
-        "process_local), or 'all'",
-    )
-    # The option's earlier name, kept so that existing commands still run; not in --help.
-    p.add_argument("--paths", dest="routes", action=_DeprecatedAlias, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--sizes",
-        default=None,
-        help="handoff batch sizes, e.g. 64K,1M,16M,64M [quick/full: 64K,1M,16M,64M]",
-    )
-    p.add_argument(
-        "--layouts",
-        default=None,
-        help="handoff layouts: f32 (one float32 leaf) and/or dict (6 leaves: uint8 "
-        "image, float32 features, float64, int64, bool mask, float16)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="interleaved rounds over all routes [quick 3, full 5]",
-    )
-    p.add_argument(
-        "--batches",
-        type=int,
-        default=None,
-        help="measured batches per route per round in handoff [quick 6, full 30]",
-    )
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help="batches per run before measuring (at least 2) [quick 2, full 3]",
-    )
-    p.add_argument(
-        "--step-ms",
-        type=float,
-        default=5.0,
-        help="target duration of the handoff's jitted CPU step (the targets assume 4 to "
-        "10 ms); the measured duration is printed and recorded",
-    )
-    p.add_argument(
-        "--throughput-sizes",
-        default=None,
-        help="throughput batch sizes [quick 1M,64M; full 64K,1M,16M,64M,256M]",
-    )
-    p.add_argument("--throughput-layouts", default=None, help="throughput layouts [quick f32]")
-    p.add_argument(
-        "--throughput-batches",
-        type=int,
-        default=None,
-        help="most batches per throughput run (fewer for huge batches)",
-    )
-    p.add_argument(
-        "--copy-sizes",
-        default=None,
-        help="sizes for memcpy vs ring slot fill [quick 64M; full 16M,64M,256M]",
-    )
-    p.add_argument(
-        "--e2e-steps", type=int, default=None, help="train steps per e2e run [quick 15, full 200]"
-    )
-    p.add_argument(
-        "--e2e-warmup",
-        type=int,
-        default=None,
-        help="steps per e2e run before measuring, while tf.data's autotuner settles and the "
-        "shuffle buffer fills [quick 3, full 20]",
-    )
-    p.add_argument(
-        "--e2e-repeats", type=int, default=None, help="interleaved e2e rounds [quick 2, full 5]"
-    )
-    p.add_argument(
-        "--e2e-batch", type=int, default=None, help="examples per e2e batch (32x32x3) [quick 128]"
-    )
-    p.add_argument("--e2e-hidden", type=int, default=256, help="hidden units of the e2e MLP")
-    p.add_argument("--memory-size", default="1M", help="batch size of the memory scenario")
-    p.add_argument(
-        "--memory-batches",
-        type=int,
-        default=None,
-        help="batches per route in the memory scenario [quick 300, full 10000]",
-    )
-    p.add_argument(
-        "--sharded-sizes",
-        default=None,
-        help="sharded batch sizes [quick 1M,16M; full 64K,1M,16M,64M]",
-    )
-    p.add_argument(
-        "--sharded-layouts", default=None, help="sharded layouts [quick f32; full f32,dict]"
-    )
-    p.add_argument(
-        "--sharded-devices",
-        type=int,
-        default=8,
-        help="devices the sharded scenario splits each batch over (forced CPU devices)",
-    )
-    p.add_argument("--prefetch", type=int, default=4, help="prefetch of the fastbridge routes")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="copy threads for the ring and for the memcpy baseline [min(2, cores)]",
-    )
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def _resolve(args: argparse.Namespace) -> argparse.Namespace:
-    profile = QUICK if args.quick else FULL
-    for key, value in profile.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.warmup < 2:
-        raise SystemExit("--warmup must be at least 2 (two live batches tell copies apart)")
-    if args.e2e_warmup < 0:
-        raise SystemExit("--e2e-warmup must be at least 0")
-    for name in (
-        "repeats",
-        "batches",
-        "throughput_batches",
-        "e2e_steps",
-        "e2e_repeats",
-        "memory_batches",
-        "prefetch",
-        "sharded_devices",
-    ):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
-    if args.threads is None:
-        args.threads = min(2, os.cpu_count() or 1)
-    return args
-
-
-class Progress:
-    """tqdm when installed and wanted, else one plain line now and then."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.bar: Any = None
-        self.last = 0.0
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
-            except ImportError:
-                pass
-
-    def update(self, what: str) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.set_description(what, refresh=False)
-            self.bar.update()
-        elif self.enabled and (time.monotonic() - self.last > 5 or self.done == self.total):
-            self.last = time.monotonic()
-            print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
-
-    def note(self, text: str) -> None:
-        """A status line above the bar (printing it directly would land inside the bar)."""
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _split(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _sample(
-    scenario: str, route: Any, layout: str, size: int, rep: int, **m: Any
-) -> dict[str, Any]:
-    return {
-        "scenario": scenario,
-        "route": route.key,
-        "route_number": route.number,
-        "label": route.label,
-        "layout": layout,
-        "size_bytes": size,
-        "rep": rep,
-        **m,
-    }
+    wanted = split(args.scenarios)
+    for name in wanted:
+        if name not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    for option in ("sizes", "throughput_sizes", "copy_sizes", "sharded_sizes", "leaves_sizes"):
+        for text in split(getattr(args, option)):
+            report.parse_size(text)
+    layouts = split(args.layouts) + split(args.throughput_layouts) + split(args.sharded_layouts)
+    for layout in layouts:
+        if layout not in sc.LAYOUTS:
+            raise SystemExit(f"unknown layout {layout!r}; choose from {', '.join(sc.LAYOUTS)}")
+    return wanted
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
@@ -337,21 +61,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     chosen = [r for r in chosen if routes_mod.missing(r) is None]
     if not chosen:
         raise SystemExit("none of the chosen routes can run here")
-    wanted = _split(args.scenarios)
-    for name in wanted:
-        if name not in SCENARIOS:
-            raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
-    sizes = [report.parse_size(s) for s in _split(args.sizes)]
-    layouts = _split(args.layouts)
-    t_sizes = [report.parse_size(s) for s in _split(args.throughput_sizes)]
-    t_layouts = _split(args.throughput_layouts)
-    copy_sizes = [report.parse_size(s) for s in _split(args.copy_sizes)]
-    s_sizes = [report.parse_size(s) for s in _split(args.sharded_sizes)]
-    s_layouts = _split(args.sharded_layouts)
-    for layout in {*layouts, *t_layouts, *s_layouts}:
-        if layout not in sc.LAYOUTS:
-            raise SystemExit(f"unknown layout {layout!r}; choose from {', '.join(sc.LAYOUTS)}")
-    stream_options = {"prefetch": args.prefetch, "copy_threads": args.threads}
+    wanted = _check(args)
 
     import jax
 
@@ -367,195 +77,247 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         ],
         "skipped_routes": skipped,
     }
-    samples: list[dict[str, Any]] = []
-
-    total = 0
-    if "handoff" in wanted:
-        total += len(sizes) * len(layouts) * args.repeats * len(chosen)
-    if "throughput" in wanted:
-        total += len(t_sizes) * len(t_layouts) * args.repeats * len(chosen)
-        total += len(copy_sizes)
-    if "e2e" in wanted:
-        total += args.e2e_repeats * len(chosen)
-    if "memory" in wanted:
-        total += len(chosen)
-    sharded_routes = [r for r in chosen if r.sharded]
-    sharded_here = "sharded" in wanted and jax.device_count() >= args.sharded_devices
-    if sharded_here:
-        total += len(s_sizes) * len(s_layouts) * args.repeats * len(sharded_routes)
-    progress = Progress(total, not args.no_progress)
-
-    def rounds(
-        scenario: str,
-        routes: list[Any],
-        layout: str,
-        size: int,
-        batch: Any,
-        ds: Any,
-        step: Any,
-        resident: Any,
-        sharding: Any,
-    ) -> None:
-        """``args.repeats`` rounds of every route on one case, interleaved: A B C ... A B C."""
-        for rep in range(args.repeats):
-            for route in routes:
-                m = sc.measure(
-                    route,
-                    ds,
-                    batches=args.batches,
-                    warmup=args.warmup,
-                    step=step,
-                    resident=resident,
-                    probe_copies=True,
-                    stream_options=stream_options,
-                    sharding=sharding,
-                )
-                m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
-                m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                samples.append(_sample(scenario, route, layout, size, rep, **m))
-                progress.update(f"{scenario} {layout} {report.size_label(size)} {route.key}")
-
-    started = mark = time.perf_counter()
+    bench = Run(args, chosen, meta)
+    plan = [(name, _scenarios()[name]) for name in SCENARIOS if name in wanted]
+    bench.progress = Progress(sum(count(bench) for _, (count, _) in plan), not args.no_progress)
+    started = time.perf_counter()
     timings: dict[str, float] = meta.setdefault("scenario_seconds", {})
     try:
-        if "handoff" in wanted:
-            step = sc.calibrate_step(args.step_ms / 1e3)
-            meta.update(
-                step_seconds=step.seconds, step_iterations=step.iterations, step_state=sc.STATE
+        for name, (_, scenario) in plan:
+            mark = time.perf_counter()
+            scenario(bench)
+            timings[name] = time.perf_counter() - mark
+    finally:
+        bench.progress.close()
+    meta["seconds"] = time.perf_counter() - started
+    meta["peak_rss_bytes"] = sc.peak_rss_bytes()
+    summary = report.summarize(bench.samples)
+    return {
+        "meta": meta,
+        "samples": bench.samples,
+        "summary": summary,
+        "targets": report.check_targets(summary, bench.samples),
+    }
+
+
+def _scenarios() -> dict[str, Scenario]:
+    from . import leaves, shapes
+
+    return {
+        "handoff": (_handoff_count, _handoff),
+        "throughput": (_throughput_count, _throughput),
+        "e2e": (lambda b: b.args.e2e_repeats * len(b.chosen), _e2e),
+        "memory": (lambda b: len(b.chosen), _memory),
+        "sharded": (_sharded_count, _sharded),
+        "leaves": (leaves.count, leaves.run),
+        "shapes": (shapes.count, shapes.run),
+    }
+
+
+def _sizes(text: str) -> list[int]:
+    from .cells import parse_size
+
+    return [parse_size(s) for s in split(text)]
+
+
+def _rounds(
+    bench: Run, scenario: str, routes: list[Any], case: tuple[str, int, Any, Any], **how: Any
+) -> None:
+    """``args.repeats`` rounds of every route on one case, interleaved: A B C ... A B C."""
+    from . import scenarios as sc
+    from .cells import size_label
+
+    layout, size, batch, ds = case
+    args = bench.args
+    for rep in range(args.repeats):
+        for route in routes:
+            m = sc.measure(
+                route,
+                ds,
+                batches=args.batches,
+                warmup=args.warmup,
+                probe_copies=True,
+                stream_options=bench.stream_options,
+                **how,
             )
-            progress.note(
-                f"handoff step: jitted CPU computation measured at {step.seconds * 1e3:.2f} ms "
-                f"({step.iterations} chained {sc.STATE}x{sc.STATE} matmuls)"
-            )
-            for layout, size, batch, ds in _datasets(sc, layouts, sizes):
-                resident = jax.device_put(batch)
-                meta.setdefault("step_seconds_by_case", {})[f"{layout} {size}"] = sc.time_step(
-                    step.fn, resident, runs=5
-                )
-                rounds("handoff", chosen, layout, size, batch, ds, step, resident, None)
-                del resident
-        timings["handoff"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        if "throughput" in wanted:
-            for layout, size, batch, ds in _datasets(sc, t_layouts, t_sizes):
-                nbytes = sc.batch_nbytes(batch)
-                # Fewer batches for huge ones: each run moves at most about 2 GiB.
-                batches = max(3, min(args.throughput_batches, (2 << 30) // nbytes))
-                for rep in range(args.repeats):
-                    for route in chosen:
-                        m = sc.measure(
-                            route,
-                            ds,
-                            batches=batches,
-                            warmup=args.warmup,
-                            step=None,
-                            probe_copies=True,
-                            stream_options=stream_options,
-                        )
-                        m["gbps"] = nbytes / m["wall_s"] / 1e9
-                        m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                        samples.append(_sample("throughput", route, layout, size, rep, **m))
-                        progress.update(
-                            f"throughput {layout} {report.size_label(size)} {route.key}"
-                        )
-            for size in copy_sizes:
-                copies = max(3, min(20, (1 << 30) // size))
-                rates = sc.copy_rates(size, args.threads, args.repeats, copies)
-                for name, runs in rates.items():
-                    fake = routes_mod.Route(0, name, name, "copy", lambda ds: iter(()))
-                    for rep, m in enumerate(runs):
-                        samples.append(
-                            _sample("copy", fake, "", size, rep, threads=args.threads, **m)
-                        )
-                progress.update(f"memcpy vs ring fill {report.size_label(size)}")
-        timings["throughput"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        if "e2e" in wanted:
-            train, init = sc.mlp_step(args.e2e_hidden, args.e2e_batch)
-            meta.update(
-                e2e_step_seconds=train.seconds,
-                e2e=f"3072-{args.e2e_hidden}-10, batch {args.e2e_batch}",
-            )
-            ds = sc.e2e_dataset(records=max(256, 8 * args.e2e_batch), batch=args.e2e_batch)
-            resident = jax.device_put(next(ds.as_numpy_iterator()))
-            size = sc.batch_nbytes(resident)
-            for rep in range(args.e2e_repeats):
-                for route in chosen:
-                    m = sc.measure_e2e(
-                        route,
-                        ds,
-                        steps=args.e2e_steps,
-                        warmup=args.e2e_warmup,
-                        step=train,
-                        init=init,
-                        resident=resident,
-                    )
-                    samples.append(_sample("e2e", route, "", size, rep, **m))
-                    progress.update(f"e2e {route.key}")
-            del ds, resident
-        timings["e2e"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        if "memory" in wanted:
-            size = report.parse_size(args.memory_size)
-            batch = sc.make_batch("f32", size)
-            ds = sc.repeated_dataset(batch)
-            for route in chosen:
+            m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
+            m["rss_growth"] = m["rss_end"] - m["rss_start"]
+            bench.add(scenario, route, layout, size, rep, **m)
+            bench.progress.update(f"{scenario} {layout} {size_label(size)} {route.key}")
+
+
+def _handoff_count(bench: Run) -> int:
+    args = bench.args
+    cases = len(_sizes(args.sizes)) * len(split(args.layouts))
+    return cases * int(args.repeats) * len(bench.chosen)
+
+
+def _handoff(bench: Run) -> None:
+    import jax
+
+    from . import scenarios as sc
+
+    args, meta = bench.args, bench.meta
+    step = sc.calibrate_step(args.step_ms / 1e3)
+    meta.update(step_seconds=step.seconds, step_iterations=step.iterations, step_state=sc.STATE)
+    bench.progress.note(
+        f"handoff step: jitted CPU computation measured at {step.seconds * 1e3:.2f} ms "
+        f"({step.iterations} chained {sc.STATE}x{sc.STATE} matmuls)"
+    )
+    for layout, size, batch, ds in _datasets(sc, split(args.layouts), _sizes(args.sizes)):
+        resident = jax.device_put(batch)
+        meta.setdefault("step_seconds_by_case", {})[f"{layout} {size}"] = sc.time_step(
+            step.fn, resident, runs=5
+        )
+        case = (layout, size, batch, ds)
+        _rounds(bench, "handoff", bench.chosen, case, step=step, resident=resident)
+        del resident
+
+
+def _throughput_count(bench: Run) -> int:
+    args = bench.args
+    cases = len(_sizes(args.throughput_sizes)) * len(split(args.throughput_layouts))
+    return cases * int(args.repeats) * len(bench.chosen) + len(_sizes(args.copy_sizes))
+
+
+def _throughput(bench: Run) -> None:
+    from . import routes as routes_mod
+    from . import scenarios as sc
+    from .cells import size_label
+
+    args = bench.args
+    layouts, sizes = split(args.throughput_layouts), _sizes(args.throughput_sizes)
+    for layout, size, batch, ds in _datasets(sc, layouts, sizes):
+        nbytes = sc.batch_nbytes(batch)
+        # Fewer batches for huge ones: each run moves at most about 2 GiB.
+        batches = max(3, min(args.throughput_batches, (2 << 30) // nbytes))
+        for rep in range(args.repeats):
+            for route in bench.chosen:
                 m = sc.measure(
                     route,
                     ds,
-                    batches=args.memory_batches,
+                    batches=batches,
                     warmup=args.warmup,
                     step=None,
-                    keep_times=False,
-                    stream_options=stream_options,
+                    probe_copies=True,
+                    stream_options=bench.stream_options,
                 )
+                m["gbps"] = nbytes / m["wall_s"] / 1e9
                 m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                samples.append(_sample("memory", route, "", size, 0, **m))
-                progress.update(f"memory {route.key}")
-        timings["memory"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        if "sharded" in wanted and sharded_here:
-            sharding = sc.batch_sharding(args.sharded_devices)
-            step = sc.sharded_step(sc.calibrate_step(args.step_ms / 1e3))
-            meta["sharded"] = {
-                "devices": args.sharded_devices,
-                "sharding": str(sharding),
-                "step_seconds": step.seconds,
-                "step_iterations": step.iterations,
-            }
-            progress.note(
-                f"sharded: {args.sharded_devices} devices, {sharding}; step measured at "
-                f"{step.seconds * 1e3:.2f} ms"
+                bench.add("throughput", route, layout, size, rep, **m)
+                bench.progress.update(f"throughput {layout} {size_label(size)} {route.key}")
+    for size in _sizes(args.copy_sizes):
+        copies = max(3, min(20, (1 << 30) // size))
+        rates = sc.copy_rates(size, args.threads, args.repeats, copies)
+        for name, runs in rates.items():
+            fake = routes_mod.Route(0, name, name, "copy", lambda ds: iter(()))
+            for rep, m in enumerate(runs):
+                bench.add("copy", fake, "", size, rep, threads=args.threads, **m)
+        bench.progress.update(f"memcpy vs ring fill {size_label(size)}")
+
+
+def _e2e(bench: Run) -> None:
+    import jax
+
+    from . import scenarios as sc
+
+    args = bench.args
+    train, init = sc.mlp_step(args.e2e_hidden, args.e2e_batch)
+    bench.meta.update(
+        e2e_step_seconds=train.seconds, e2e=f"3072-{args.e2e_hidden}-10, batch {args.e2e_batch}"
+    )
+    ds = sc.e2e_dataset(records=max(256, 8 * args.e2e_batch), batch=args.e2e_batch)
+    resident = jax.device_put(next(ds.as_numpy_iterator()))
+    size = sc.batch_nbytes(resident)
+    for rep in range(args.e2e_repeats):
+        for route in bench.chosen:
+            m = sc.measure_e2e(
+                route,
+                ds,
+                steps=args.e2e_steps,
+                warmup=args.e2e_warmup,
+                step=train,
+                init=init,
+                resident=resident,
             )
-            for layout, size, batch, ds in _datasets(sc, s_layouts, s_sizes):
-                resident = jax.device_put(batch, sharding)
-                rounds("sharded", sharded_routes, layout, size, batch, ds, step, resident, sharding)
-                del resident
-        elif "sharded" in wanted:
-            if os.environ.get(CHILD):
-                raise SystemExit(
-                    f"the sharded scenario needs {args.sharded_devices} devices and JAX sees "
-                    f"{jax.device_count()} even with forced host devices"
-                )
-            progress.note(
-                f"sharded: running in a subprocess with {args.sharded_devices} forced CPU devices"
+            bench.add("e2e", route, "", size, rep, **m)
+            bench.progress.update(f"e2e {route.key}")
+
+
+def _memory(bench: Run) -> None:
+    from . import report
+    from . import scenarios as sc
+
+    args = bench.args
+    size = report.parse_size(args.memory_size)
+    ds = sc.repeated_dataset(sc.make_batch("f32", size))
+    for route in bench.chosen:
+        m = sc.measure(
+            route,
+            ds,
+            batches=args.memory_batches,
+            warmup=args.warmup,
+            step=None,
+            keep_times=False,
+            stream_options=bench.stream_options,
+        )
+        m["rss_growth"] = m["rss_end"] - m["rss_start"]
+        bench.add("memory", route, "", size, 0, **m)
+        bench.progress.update(f"memory {route.key}")
+
+
+def _sharded_here(bench: Run) -> bool:
+    import jax
+
+    return jax.device_count() >= int(bench.args.sharded_devices)
+
+
+def _sharded_count(bench: Run) -> int:
+    if not _sharded_here(bench):
+        return 0  # a subprocess runs it, with its own progress
+    args = bench.args
+    cases = len(_sizes(args.sharded_sizes)) * len(split(args.sharded_layouts))
+    return cases * int(args.repeats) * sum(r.sharded for r in bench.chosen)
+
+
+def _sharded(bench: Run) -> None:
+    import jax
+
+    from . import scenarios as sc
+
+    args, meta = bench.args, bench.meta
+    routes = [r for r in bench.chosen if r.sharded]
+    if not _sharded_here(bench):
+        if os.environ.get(CHILD):
+            raise SystemExit(
+                f"the sharded scenario needs {args.sharded_devices} devices and JAX sees "
+                f"{jax.device_count()} even with forced host devices"
             )
-            child = _run_sharded_child(args, [r.key for r in sharded_routes])
-            samples += [s for s in child["samples"] if s["scenario"] == "sharded"]
-            meta["sharded"] = child["meta"].get("sharded", {})
-        timings["sharded"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-    finally:
-        progress.close()
-    meta["seconds"] = time.perf_counter() - started
-    meta["peak_rss_bytes"] = sc.peak_rss_bytes()
-    summary = report.summarize(samples)
-    return {
-        "meta": meta,
-        "samples": samples,
-        "summary": summary,
-        "targets": report.check_targets(summary, samples),
+        bench.progress.note(
+            f"sharded: running in a subprocess with {args.sharded_devices} forced CPU devices"
+        )
+        child = _run_sharded_child(args, [r.key for r in routes])
+        bench.samples += [s for s in child["samples"] if s["scenario"] == "sharded"]
+        meta["sharded"] = child["meta"].get("sharded", {})
+        return
+    sharding = sc.batch_sharding(args.sharded_devices)
+    step = sc.sharded_step(sc.calibrate_step(args.step_ms / 1e3))
+    meta["sharded"] = {
+        "devices": args.sharded_devices,
+        "sharding": str(sharding),
+        "step_seconds": step.seconds,
+        "step_iterations": step.iterations,
     }
+    bench.progress.note(
+        f"sharded: {args.sharded_devices} devices, {sharding}; step measured at "
+        f"{step.seconds * 1e3:.2f} ms"
+    )
+    layouts, sizes = split(args.sharded_layouts), _sizes(args.sharded_sizes)
+    for layout, size, batch, ds in _datasets(sc, layouts, sizes):
+        resident = jax.device_put(batch, sharding)
+        case = (layout, size, batch, ds)
+        _rounds(bench, "sharded", routes, case, step=step, resident=resident, sharding=sharding)
+        del resident
 
 
 def _run_sharded_child(args: argparse.Namespace, routes: list[str]) -> dict[str, Any]:
@@ -615,7 +377,7 @@ def run_gpu(args: argparse.Namespace, argv: list[str]) -> int:
             f"{', '.join(str(d) for d in jax.devices())}); nothing to measure, exiting."
         )
         return 0
-    sizes = [report.parse_size(s) for s in _split(args.throughput_sizes)]
+    sizes = [report.parse_size(s) for s in split(args.throughput_sizes)]
     results: dict[str, Any] = {"device": str(devices[0]), "sizes": {}}
     print(f"host-to-device GB/s on {devices[0]}, median of {args.repeats}")
     for size in sizes:
@@ -638,12 +400,12 @@ def run_gpu(args: argparse.Namespace, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fastbridge.bench``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _resolve(build_parser().parse_args(argv))
+    args = resolve(build_parser().parse_args(argv))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.device == "gpu":
         return run_gpu(args, argv)
 
-    from . import report
+    from . import headline, report
 
     result = run(args, argv)
     os.makedirs(args.out, exist_ok=True)
@@ -656,16 +418,20 @@ def main(argv: list[str] | None = None) -> int:
         except plots_mod.PlotsUnavailable as error:
             print(error, file=sys.stderr)
     result["plots"] = plots
+    # The headline first; the full target list and every route's tables below it.
+    print()
+    print(headline.text(result["targets"]))
+    print()
+    print(report.render_targets_text(result["targets"]))
     for table in report.tables(result["summary"]):
         print()
         print(report.render_text(table))
-    print()
-    print(report.render_targets_text(result["targets"]))
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=str)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(report.markdown(result))
     print(
+        f"\nheadline (top of this output and of summary.md): {headline.sentence(result['targets'])}"
         f"\nwrote {args.out}/results.json, {args.out}/summary.md"
         + (f" and {len(plots)} plots" if plots else "")
         + f" in {result['meta']['seconds']:.0f} s"

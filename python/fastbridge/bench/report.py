@@ -1,298 +1,54 @@
-"""Summaries, target checks, tables and the Markdown report, all computed from raw samples."""
+"""Tables, the target list and the Markdown report, all computed from raw samples.
+
+The summary and its cells are in ``cells``, the targets in ``targets`` and the headline in
+``headline``; their names are re-exported here, where earlier code found them.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
-import statistics
 import sys
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from .routes import BY_KEY, PEERS
-
-MiB = 1 << 20
-SUMMARY_METRICS = (
-    "consumer_s",
-    "consumer_median_s",
-    "wall_s",
-    "cpu_s",
-    "gbps",
-    "consumer_copied_bytes",
-    "producer_copied_bytes",
-    "rss_peak",
-    "rss_growth",
-    "minor_faults",
-    "steps_per_s",
-    "wait_fraction",
-    "seconds",
+from . import headline
+from .cells import (
+    LEAF_KINDS,
+    SUMMARY_METRICS,
+    Lookup,
+    MiB,
+    Table,
+    parse_leaves_layout,
+    parse_size,
+    render_markdown,
+    render_text,
+    size_label,
+    summarize,
 )
+from .routes import BY_KEY
+from .targets import Ratios, check_targets, noisy, verdict
 
-
-def size_label(nbytes: int) -> str:
-    if nbytes >= MiB and nbytes % MiB == 0:
-        return f"{nbytes // MiB} MiB"
-    if nbytes >= 1024 and nbytes % 1024 == 0:
-        return f"{nbytes // 1024} KiB"
-    return f"{nbytes} B"
-
-
-def parse_size(text: str) -> int:
-    """``64K``, ``1M``, ``16MiB``, ``256m`` or a byte count."""
-    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
-    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(raw[-1:], 1)
-    number = raw[:-1] if raw[-1:] in "kmg" else raw
-    try:
-        value = int(float(number) * scale)
-    except ValueError:
-        raise ValueError(f"cannot read size {text!r}; use e.g. 64K, 1M, 16M") from None
-    if value <= 0:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return value
-
-
-def summarize(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median, min and max of every metric, per scenario, layout, size and route."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    for s in samples:
-        groups[(s["scenario"], s.get("layout", ""), s.get("size_bytes", 0), s["route"])].append(s)
-    out = []
-    for (scenario, layout, size, route), group in groups.items():
-        metrics: dict[str, dict[str, float]] = {}
-        for name in SUMMARY_METRICS:
-            values = [float(s[name]) for s in group if s.get(name) is not None]
-            if values:
-                metrics[name] = {
-                    "median": statistics.median(values),
-                    "min": min(values),
-                    "max": max(values),
-                }
-        out.append(
-            {
-                "scenario": scenario,
-                "layout": layout,
-                "size_bytes": size,
-                "route": route,
-                "route_number": group[0].get("route_number", 0),
-                "label": group[0].get("label", route),
-                "repeats": len(group),
-                "metrics": metrics,
-            }
-        )
-    out.sort(key=lambda r: (r["scenario"], r["layout"], r["size_bytes"], r["route_number"]))
-    return out
-
-
-class Lookup:
-    """Medians from a summary, by scenario, layout, size, route and metric."""
-
-    def __init__(self, summary: list[dict[str, Any]]) -> None:
-        self.rows = {(r["scenario"], r["layout"], r["size_bytes"], r["route"]): r for r in summary}
-
-    def __call__(
-        self, scenario: str, layout: str, size: int, route: str, metric: str
-    ) -> float | None:
-        row = self.rows.get((scenario, layout, size, route))
-        if row is None or metric not in row["metrics"]:
-            return None
-        return float(row["metrics"][metric]["median"])
-
-    def sizes(self, scenario: str, layout: str) -> list[int]:
-        return sorted({k[2] for k in self.rows if k[0] == scenario and k[1] == layout})
-
-    def layouts(self, scenario: str) -> list[str]:
-        found = {k[1] for k in self.rows if k[0] == scenario}
-        return [x for x in ("f32", "dict", "") if x in found] + sorted(found - {"f32", "dict", ""})
-
-    def routes(self, scenario: str) -> list[str]:
-        return sorted({k[3] for k in self.rows if k[0] == scenario}, key=_route_order)
-
-
-def _route_order(key: str) -> tuple[int, str]:
-    route = BY_KEY.get(key)
-    return (route.number if route else 100, key)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return a / b
-
-
-Key = tuple[str, str, int, str]
-"""(scenario, layout, size, route): one cell of the results."""
-
-
-class Ratios:
-    """Ratios between two cells of one run.
-
-    With raw samples, a ratio is the median over rounds of the ratio within each round
-    (route A's round-k sample over route B's round-k sample): runs of one round are seconds
-    apart, so drift of the machine between rounds cancels, which is why the routes are
-    interleaved. The range over rounds shows how noisy the ratio is. Without samples (or when
-    the rounds do not match), it falls back to the ratio of the medians, with no range.
-    """
-
-    def __init__(
-        self, summary: list[dict[str, Any]], samples: Iterable[dict[str, Any]] | None = None
-    ) -> None:
-        self.at = Lookup(summary)
-        self.rounds: dict[Key, dict[int, dict[str, Any]]] = defaultdict(dict)
-        for s in samples or ():
-            key = (s["scenario"], s.get("layout", ""), s.get("size_bytes", 0), s["route"])
-            self.rounds[key][int(s.get("rep", 0))] = s
-
-    def __call__(
-        self, a: Key, b: Key, metric: str
-    ) -> tuple[float | None, float | None, float | None]:
-        """``(median, lowest, highest)`` of ``a / b`` for ``metric``; the range is ``None``
-        when the ratio comes from medians. Only routes of one scenario, layout and size run
-        interleaved in the same rounds; other pairs (one layout against another) ran minutes
-        apart, so their ratio is the ratio of the medians."""
-        ra, rb = self.rounds.get(a, {}), self.rounds.get(b, {})
-        if ra and set(ra) == set(rb) and a[:3] == b[:3]:
-            per_round = [_ratio(ra[k].get(metric), rb[k].get(metric)) for k in sorted(ra)]
-            values = [r for r in per_round if r is not None]
-            if len(values) == len(per_round):
-                return statistics.median(values), min(values), max(values)
-        return _ratio(self.at(*a, metric), self.at(*b, metric)), None, None
-
-
-def check_targets(
-    summary: list[dict[str, Any]], samples: Iterable[dict[str, Any]] | None = None
-) -> list[dict[str, Any]]:
-    """The benchmark's targets, each with its measured ratio and met / MISSED (None: not measured).
-
-    Ratios pair the rounds when ``samples`` are given (see :class:`Ratios`); ``low`` and
-    ``high`` are then the lowest and highest ratio over rounds, so a verdict that the noise
-    could flip shows as such."""
-    at = Lookup(summary)
-    ratio = Ratios(summary, samples)
-    out: list[dict[str, Any]] = []
-
-    def add(
-        name: str,
-        detail: str,
-        measured: tuple[float | None, float | None, float | None],
-        op: str,
-        threshold: float,
-    ) -> None:
-        value, low, high = measured
-        met = None
-        if value is not None:
-            met = value <= threshold if op == "<=" else value >= threshold
-        out.append(
-            {
-                "target": name,
-                "where": detail,
-                "ratio": value,
-                "low": low,
-                "high": high,
-                "op": op,
-                "threshold": threshold,
-                "met": met,
-            }
-        )
-
-    h = "handoff"
-    for layout in at.layouts(h):
-        for size in at.sizes(h, layout):
-            where = f"{layout} {size_label(size)}"
-
-            def c(
-                a: str, b: str, metric: str = "consumer_s", size: int = size, layout: str = layout
-            ) -> tuple[float | None, float | None, float | None]:
-                return ratio((h, layout, size, a), (h, layout, size, b), metric)
-
-            add("auto consumer time vs route 3", where, c("auto", "dlpack"), "<=", 0.25)
-            add("auto wall time vs route 3", where, c("auto", "dlpack", "wall_s"), "<=", 1.05)
-            if size <= 16 * MiB:
-                add("ring consumer time vs route 3", where, c("ring", "dlpack"), "<=", 0.25)
-            if size >= 64 * MiB:
-                add("ring wall time vs route 3", where, c("ring", "dlpack", "wall_s"), "<=", 1.2)
-            if size == 16 * MiB:
-                add(
-                    "tutorial copy / auto consumer time",
-                    where,
-                    c("tutorial", "auto"),
-                    ">=",
-                    10.0,
-                )
-            add("numpy consumer time vs ring", where, c("numpy", "ring"), "<=", 2.0)
-    for scenario in (h, "sharded"):
-        for layout in at.layouts(scenario):
-            for size in at.sizes(scenario, layout):
-                for metric, what, threshold in (
-                    ("consumer_s", "consumer", 0.25),
-                    ("wall_s", "wall", 1.0),
-                ):
-                    # The peer with the best median is the one to beat; rounds pair against it.
-                    peers = [
-                        (value, r)
-                        for r in PEERS
-                        if (value := at(scenario, layout, size, r, metric)) is not None
-                    ]
-                    if not peers:
-                        continue
-                    best = min(peers)[1]
-                    add(
-                        f"auto {what} time vs best peer",
-                        f"{scenario} {layout} {size_label(size)}, vs route {BY_KEY[best].number}",
-                        ratio(
-                            (scenario, layout, size, "auto"),
-                            (scenario, layout, size, best),
-                            metric,
-                        ),
-                        "<=",
-                        threshold,
-                    )
-    if "dict" in at.layouts(h) and "f32" in at.layouts(h):
-        for size in at.sizes(h, "dict"):
-            for route in ("auto", "ring"):
-                add(
-                    f"6-leaf dict vs 1 leaf, {route} consumer time",
-                    size_label(size),
-                    ratio((h, "dict", size, route), (h, "f32", size, route), "consumer_s"),
-                    "<=",
-                    2.0,
-                )
-    for size in at.sizes("copy", ""):
-        if size < 64 * MiB:
-            continue
-        fill, memcpy = ("copy", "", size, "ring_fill"), ("copy", "", size, "memcpy")
-        add(
-            "ring slot fill vs memcpy bandwidth",
-            size_label(size),
-            ratio(fill, memcpy, "gbps"),
-            ">=",
-            0.7,
-        )
-        add(
-            "ring slot fill CPU vs memcpy CPU",
-            size_label(size),
-            ratio(fill, memcpy, "cpu_s"),
-            "<=",
-            1.3,
-        )
-    for layout in at.layouts("e2e"):
-        for size in at.sizes("e2e", layout):
-            # The anchor with the best median is the one to beat; rounds pair against it.
-            anchors = [
-                (value, r)
-                for r in PEERS
-                if (value := at("e2e", layout, size, r, "steps_per_s")) is not None
-            ]
-            best = max(anchors)[1] if anchors else "dlpack"
-            add(
-                "end-to-end auto steps/s vs best anchor",
-                f"e2e, vs route {BY_KEY[best].number}",
-                ratio(("e2e", layout, size, "auto"), ("e2e", layout, size, best), "steps_per_s"),
-                ">=",
-                1.0,
-            )
-    return out
+__all__ = [
+    "SUMMARY_METRICS",
+    "Lookup",
+    "MiB",
+    "Ratios",
+    "check_targets",
+    "machine_info",
+    "markdown",
+    "noise_note",
+    "noisy",
+    "parse_size",
+    "render_markdown",
+    "render_targets_text",
+    "render_text",
+    "size_label",
+    "summarize",
+    "tables",
+    "target_lines",
+]
 
 
 def _fmt_range(scale: float, digits: int) -> Callable[[dict[str, Any]], str]:
@@ -378,7 +134,7 @@ def _cell(row: dict[str, Any] | None, metric: str, fmt: Callable[[dict[str, Any]
     return fmt(m[metric])
 
 
-def tables(summary: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:
+def tables(summary: list[dict[str, Any]]) -> list[Table]:
     """(title, header, rows) for every scenario, layout and metric present in ``summary``."""
     at = Lookup(summary)
     out = []
@@ -404,40 +160,86 @@ def tables(summary: list[dict[str, Any]]) -> list[tuple[str, list[str], list[lis
                 if layout:
                     heading += f", {'one float32 leaf' if layout == 'f32' else '6-leaf dict'}"
                 out.append((f"{heading}: {title}", header, rows))
+    out += _leaves_tables(at)
+    out += _shapes_tables(at)
     return out
 
 
-def render_text(table: tuple[str, list[str], list[list[str]]]) -> str:
-    title, header, rows = table
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
+def _name(row: dict[str, Any]) -> str:
+    known = BY_KEY.get(row["route"])
+    return f"{known.number} {known.label}" if known else str(row.get("label", row["route"]))
 
 
-def render_markdown(table: tuple[str, list[str], list[list[str]]]) -> str:
-    title, header, rows = table
-    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |"]
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+LEAF_METRICS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("batches/s (no step), median [min-max]", "batches_per_s", _fmt_range(1, 0)),
+    ("CPU µs per batch, all threads", "cpu_s", _fmt_median(1e6, 0)),
+    ("µs inside next() per batch", "consumer_s", _fmt_median(1e6, 0)),
+]
 
 
-def noisy(target: dict[str, Any]) -> bool:
-    """Whether the rounds straddle the goal: the best round and the worst one disagree on
-    the verdict, so the median alone cannot be trusted (rerun idle, or with more repeats)."""
-    low, high = target.get("low"), target.get("high")
-    if target["ratio"] is None or low is None or high is None:
-        return False
-    threshold = target["threshold"]
-    if target["op"] == "<=":
-        return bool(low <= threshold < high)
-    return bool(low < threshold <= high)
+def _leaves_tables(at: Lookup) -> list[Table]:
+    """Per source kind and leaf size: a route per row, a leaf count per column."""
+    by_kind: dict[str, list[tuple[int, str]]] = {}
+    for layout in at.layouts("leaves"):
+        kind, count = parse_leaves_layout(layout)
+        by_kind.setdefault(kind, []).append((count, layout))
+    out = []
+    kinds = [k for k in LEAF_KINDS if k in by_kind] + sorted(set(by_kind) - set(LEAF_KINDS))
+    for kind in kinds:
+        layouts = sorted(by_kind[kind])
+        sizes = sorted({size for _, layout in layouts for size in at.sizes("leaves", layout)})
+        for size in sizes:
+            header = ["route", *(f"{count} x {size_label(size)}" for count, _ in layouts)]
+            for title, metric, fmt in LEAF_METRICS:
+                rows = []
+                for route in at.routes("leaves"):
+                    found = [at.rows.get(("leaves", layout, size, route)) for _, layout in layouts]
+                    cells = [_cell(row, metric, fmt) for row in found]
+                    if any(c != "-" for c in cells):
+                        rows.append([_name(next(r for r in found if r)), *cells])
+                source = "list of NumPy dicts" if kind == "numpy" else f"{kind} pipeline"
+                heading = f"Leaves ({source}, float32 leaves of {size_label(size)}): {title}"
+                out.append((heading, header, rows))
+    return out
+
+
+def _shapes_tables(at: Lookup) -> list[Table]:
+    """Distinct shapes against one shape, and the forced route's ceiling against the sync loop."""
+    out = []
+    metrics = [
+        ("µs per batch, median [min-max]", "wall_s", _fmt_range(1e6, 0)),
+        ("CPU µs per batch", "cpu_s", _fmt_median(1e6, 0)),
+        ("RSS growth MiB", "rss_growth", _fmt_median(1 / MiB, 1)),
+        ("peak RSS MiB", "rss_peak", _fmt_median(1 / MiB, 0)),
+    ]
+    for layout in at.layouts("shapes"):
+        for size in at.sizes("shapes", layout):
+            rows = []
+            for route in at.routes("shapes"):
+                row = at.rows.get(("shapes", layout, size, route))
+                if row is not None:
+                    rows.append([_name(row), *(_cell(row, m, fmt) for _, m, fmt in metrics)])
+            title = (
+                f"Shapes (FASTBRIDGE_TRANSFER=device_put, no step, {layout} float32 leaves "
+                f"from {size_label(size)}): every batch a new shape vs one shape"
+            )
+            out.append((title, ["run", *(name for name, _, _ in metrics)], rows))
+    columns = [
+        (layout, size) for layout in at.layouts("forced") for size in at.sizes("forced", layout)
+    ]
+    if columns:
+        header = ["route"]
+        for layout, size in columns:
+            kind, count = parse_leaves_layout(layout)
+            header.append(f"{kind} {count} x {size_label(size)}")
+        rows = []
+        for route in at.routes("forced"):
+            found = [at.rows.get(("forced", layout, size, route)) for layout, size in columns]
+            cells = [_cell(row, "batches_per_s", _fmt_range(1, 0)) for row in found]
+            rows.append([_name(next(r for r in found if r)), *cells])
+        title = "Shapes: the forced device_put route's ceiling, batches/s (no step) [min-max]"
+        out.append((title, header, rows))
+    return out
 
 
 def target_lines(targets: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
@@ -446,12 +248,8 @@ def target_lines(targets: list[dict[str, Any]]) -> list[tuple[str, str, str, str
         ratio = "n/a" if t["ratio"] is None else f"{t['ratio']:.3f}"
         if t["ratio"] is not None and t.get("low") is not None:
             ratio += f" [{t['low']:.3f}-{t['high']:.3f}]"
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        if noisy(t):
-            verdict += " (noisy)"
-        out.append(
-            (f"{t['target']} ({t['where']})", f"{t['op']} {t['threshold']:g}", ratio, verdict)
-        )
+        goal = "(info)" if t["op"] == "info" else f"{t['op']} {t['threshold']:g}"
+        out.append((f"{t['target']} ({t['where']})", goal, ratio, verdict(t)))
     return out
 
 
@@ -478,7 +276,7 @@ def render_targets_text(targets: list[dict[str, Any]]) -> str:
     if not rows:
         return "Targets: none measurable with the chosen routes and scenarios."
     table = (
-        "Targets (median over rounds of the ratio within each round [lowest-highest])",
+        "All targets (median over rounds of the ratio within each round [lowest-highest])",
         ["target", "goal", "measured", "verdict"],
         [list(r) for r in rows],
     )
@@ -532,13 +330,47 @@ def machine_info() -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The whole run as Markdown, ready to paste into benches/RESULTS.md."""
+    """The whole run as Markdown, ready to paste into benches/RESULTS.md: the headline first,
+    then the setup, every target, the per-route tables and the plots."""
     meta = result["meta"]
-    m = meta["machine"]
-    v = m["versions"]
+    plots = [os.path.basename(p) for p in result.get("plots") or []]
+    figure = "headline.png" if "headline.png" in plots else None
     lines = [
         f"## Results: {meta['started']}{' (--quick)' if meta['args'].get('quick') else ''}",
         "",
+        *headline.markdown(result["targets"], figure),
+        "",
+        "### Setup",
+        "",
+        *_setup_lines(meta),
+        "",
+        "### All targets",
+        "",
+        "Each ratio pairs the routes round by round (runs seconds apart, so drift cancels): the",
+        "median over rounds, with the lowest and highest round in brackets.",
+        "",
+        "| target | goal | measured | verdict |",
+        "|---|---|---:|---|",
+    ]
+    for name, goal, ratio, said in target_lines(result["targets"]):
+        said = f"**{said}**" if said.startswith("MISSED") else said
+        lines.append(f"| {name} | {goal} | {ratio} | {said} |")
+    lines += ["", noise_note(result["targets"]), "", "### Every route"]
+    for table in tables(result["summary"]):
+        lines += ["", render_markdown(table)]
+    if result.get("gpu"):
+        lines += ["", "### Accelerator", "", str(result["gpu"])]
+    others = [p for p in plots if p != figure]
+    if others:
+        lines += ["", "### Plots", ""]
+        lines += [f"![{p}]({p})" for p in others]
+    return "\n".join(lines) + "\n"
+
+
+def _setup_lines(meta: dict[str, Any]) -> list[str]:
+    m = meta["machine"]
+    v = m["versions"]
+    lines = [
         f"- Machine: {m['cpu']}, {m['cores']} cores"
         + (f", {m['memory_bytes'] / (1 << 30):.0f} GiB RAM" if m.get("memory_bytes") else ""),
         f"- {m['platform']}; Python {m['python']}, jax {v['jax']}, jaxlib {v['jaxlib']}, "
@@ -559,25 +391,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"- End-to-end train step: MLP {meta['e2e']}, measured at "
             f"{meta['e2e_step_seconds'] * 1e3:.2f} ms on a resident batch."
         )
-    lines += [
-        "",
-        "### Targets",
-        "",
-        "Each ratio pairs the routes round by round (runs seconds apart, so drift cancels): the",
-        "median over rounds, with the lowest and highest round in brackets.",
-        "",
-        "| target | goal | measured | verdict |",
-        "|---|---|---:|---|",
-    ]
-    for name, goal, ratio, verdict in target_lines(result["targets"]):
-        verdict = f"**{verdict}**" if verdict.startswith("MISSED") else verdict
-        lines.append(f"| {name} | {goal} | {ratio} | {verdict} |")
-    lines += ["", noise_note(result["targets"])]
-    for table in tables(result["summary"]):
-        lines += ["", render_markdown(table)]
-    if result.get("gpu"):
-        lines += ["", "### Accelerator", "", str(result["gpu"])]
-    if result.get("plots"):
-        lines += ["", "### Plots", ""]
-        lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in result["plots"]]
-    return "\n".join(lines) + "\n"
+    if meta.get("shapes"):
+        lines.append(
+            f"- Shapes: the stream's transfer route under FASTBRIDGE_TRANSFER=device_put was "
+            f"{meta['shapes'].get('transfer_route')!r}."
+        )
+    return lines

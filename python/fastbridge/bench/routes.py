@@ -4,11 +4,14 @@ Each route is a generator of batches. The benchmark times only the ``next()`` ca
 whatever a route does on the consumer's thread (``jnp.array``, ``device_put``, a DLPack import)
 counts as consumer-visible time, and whatever it does in a background thread does not.
 
-Routes 10 to 13 are the peers users pick instead of fastbridge: Grain's ``device_put``
-pipeline, Keras's ``fit`` input path on JAX, big_vision's sharded pattern and
-``jax.make_array_from_process_local_data``. They and route 2 take a ``sharding`` (the sharded
-scenario passes one; elsewhere they place on the default device). Grain and Keras are optional:
-:func:`missing` says why a route cannot run, and the benchmark skips it with that note.
+Routes 10 to 14 are the peers users pick instead of fastbridge: Grain's ``device_put``
+pipeline, Keras's ``fit`` input path on JAX, big_vision's sharded pattern,
+``jax.make_array_from_process_local_data`` and Grain's pattern written by hand (a thread that
+``device_put``s into a queue). They and route 2 take a ``sharding`` (the sharded scenario passes
+one; elsewhere they place on the default device). Routes 2, 10, 12, 14 and the fastbridge routes
+also read a plain iterable of NumPy batches (the leaves scenario's other source). Grain and
+Keras are optional: :func:`missing` says why a route cannot run, and the benchmark skips it
+with that note.
 """
 
 from __future__ import annotations
@@ -53,10 +56,17 @@ def _tutorial_copy(ds: Any) -> Iterator[Any]:
         yield jax.tree_util.tree_map(jnp.array, batch)
 
 
+def host_batches(ds: Any) -> Iterator[Any]:
+    """NumPy batches of ``ds``: ``as_numpy_iterator()`` of a ``tf.data.Dataset``, else the
+    iterable's own items (a list of NumPy dicts, as Grain and Hugging Face yield them)."""
+    reader = getattr(ds, "as_numpy_iterator", None)
+    return iter(reader() if reader is not None else ds)
+
+
 def _device_put(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
     # device_put aliases 64-byte-aligned NumPy memory on CPU (TensorFlow's buffers are); with a
     # sharding it slices every leaf and places the slices, still on the consumer's thread.
-    for batch in ds.as_numpy_iterator():
+    for batch in host_batches(ds):
         yield jax.device_put(batch, sharding)
 
 
@@ -116,25 +126,26 @@ def _default_sharding() -> jax.sharding.Sharding:
 def _grain_device_put(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
     # Grain's own pipeline, grain.experimental.device_put: a thread prefetch of 4 host batches,
     # a map that calls jax.device_put(batch, sharding), and a thread prefetch of 2 placed ones.
-    # It is fed the tf.data batches themselves (as_numpy_iterator views, wrapped as a Grain
-    # IterDataset below), so every route reads the same source at the same cost.
+    # It is fed the source's batches themselves (as_numpy_iterator views, or the iterable's
+    # items, wrapped as a Grain IterDataset below), so every route reads the same source at the
+    # same cost.
     import grain
 
-    source = _tf_iter_dataset(grain)(ds)
+    source = _host_iter_dataset(grain)(ds)
     placed = grain.experimental.device_put(
         source, sharding or _default_sharding(), cpu_buffer_size=4, device_buffer_size=2
     )
     return iter(placed)
 
 
-def _tf_iter_dataset(grain: Any) -> Any:
-    """A Grain ``IterDataset`` over ``ds.as_numpy_iterator()``, with a position as its state
+def _host_iter_dataset(grain: Any) -> Any:
+    """A Grain ``IterDataset`` over :func:`host_batches`, with a position as its state
     (Grain's prefetch snapshots each element's state; this one is never restored)."""
 
     class TfIterator(grain.DatasetIterator):  # type: ignore[misc]
         def __init__(self, ds: Any) -> None:
             super().__init__()
-            self._source = ds.as_numpy_iterator()
+            self._source = host_batches(ds)
             self._position = 0
 
         def __next__(self) -> Any:
@@ -252,10 +263,18 @@ def _big_vision_put(t: Any, sharding: jax.sharding.Sharding) -> jax.Array:
 
 def _big_vision(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
     # big_vision's input pipeline: the placement runs in a prefetch thread one batch ahead
-    # (its train scripts' default prefetch_to_device=1), on the EagerTensors themselves.
+    # (its train scripts' default prefetch_to_device=1), on the EagerTensors themselves (or on
+    # the NumPy batches of a plain iterable).
     where = sharding or _default_sharding()
     placed = (jax.tree_util.tree_map(lambda t: _big_vision_put(t, where), batch) for batch in ds)
     return _prefetch_thread(placed, 1)
+
+
+def _thread_put(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
+    # Grain's pattern written by hand: a thread runs jax.device_put(batch) on every host batch
+    # into a queue.Queue(maxsize=4), and the consumer's next() takes the next placed batch.
+    placed = (jax.device_put(batch, sharding) for batch in host_batches(ds))
+    return _prefetch_thread(placed, 4)
 
 
 def _process_local(ds: Any, sharding: jax.sharding.Sharding | None = None) -> Iterator[Any]:
@@ -283,14 +302,19 @@ ROUTES: tuple[Route, ...] = (
     Route(11, "keras", "Keras fit input path (JAX)", "anchor", _keras_fit, True, "keras"),
     Route(12, "big_vision", "big_vision memoryview + shards", "anchor", _big_vision, True),
     Route(13, "process_local", "make_array_from_process_local", "anchor", _process_local, True),
+    Route(14, "thread", "device_put in a thread, queue of 4", "anchor", _thread_put, True),
 )
 BY_KEY: dict[str, Route] = {r.key: r for r in ROUTES}
-BACKGROUND = frozenset({"grain", "big_vision"})
+BACKGROUND = frozenset({"grain", "big_vision", "thread"})
 """Anchors that place batches on a background thread: what they copy, they copy off the
 consumer's thread (counted with the producer's copies)."""
 PEERS = ("tutorial", "device_put", "dlpack", "flax_prefetch", "grain", "keras", "big_vision",
-         "process_local")  # fmt: skip
+         "process_local", "thread")  # fmt: skip
 """Every anchor: what users run instead of fastbridge. Targets compare against the best one."""
+PREFETCHING = ("grain", "big_vision", "thread")
+"""Peers that place batches ahead on a thread of their own, as a fastbridge stream does."""
+SYNCHRONOUS = tuple(key for key in PEERS if key not in PREFETCHING)
+"""Peers whose transfer runs inside the consumer's ``next()`` (flax's deque refills there)."""
 
 
 def resolve(names: str | list[str] | None) -> list[Route]:
