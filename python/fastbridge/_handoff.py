@@ -190,11 +190,15 @@ class Converter:
         assert self.transfers is not None and plan.splits is not None
         devices = [region.device for region in plan.regions]
         flats = self.transfers.send(list(zip(exports, devices, strict=True)))
+        placement = self.placement
+        if placement.sharding is None:  # one device, one region, every leaf whole
+            for (i, _), array in zip(plan.regions[0].leaves, plan.splits[0](flats[0]), strict=True):
+                out[i] = array
+            return
         shards: dict[tuple[int, int, jax.Device], jax.Array] = {}
         for region, flat, split in zip(plan.regions, flats, plan.splits, strict=True):
             for (i, b), array in zip(region.leaves, split(flat), strict=True):
                 shards[i, b, region.device] = array
-        placement = self.placement
         placed = {i for i, _ in plan.placed}
         for i, found in plan.blocks.items():
             # A block replicated on several devices was written and moved once per device.

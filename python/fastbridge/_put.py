@@ -78,6 +78,18 @@ def putter(
     return public
 
 
+def put_bytes(host: np.ndarray, device: jax.Device, *, copy: bool = False) -> jax.Array:
+    """A 1-D ``uint8`` host array as one ``jax.Array`` on ``device`` (a slot's bytes for one
+    device, on the transfer route); ``copy`` as for :func:`putter`."""
+    return _byte_putter(host.shape[0], device, copy)([host])
+
+
+@functools.lru_cache(maxsize=64)
+def _byte_putter(nbytes: int, device: jax.Device, copy: bool) -> Putter:
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    return putter((nbytes,), np.dtype(np.uint8), sharding, [device], x64=False, copy=copy)
+
+
 def release_host_arrays() -> None:
     """Let JAX drop the host arrays it has finished with now.
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from ._native import PAGE_SIZE
 from ._native import core as _core
+from ._put import put_bytes, release_host_arrays
 
 Route = Literal["cpu", "dma_map", "pinned_host", "register", "device_put"]
 """How slot memory reaches a device (see the module docstring)."""
@@ -283,11 +284,9 @@ class Transfers:
                 keep += [host, exporter]
                 continue
             view = np.from_dlpack(exporter)  # plain or pinned host memory
-            if device.platform == "cpu":
-                # Only when a test forces this route on CPU: device_put would alias the slot
-                # and keep it until a garbage collection; a host copy stands in for the DMA.
-                view = view.copy()
-            flats.append(jax.device_put(view, device))
+            # On CPU (only when a test or the bench forces this route there) a put would alias
+            # the slot: a copy stands in for the DMA.
+            flats.append(put_bytes(view, device, copy=device.platform == "cpu"))
             keep += [view, exporter]
         self._inflight.append((flats, keep))
         return flats
@@ -305,17 +304,22 @@ class Transfers:
     def reap(self) -> None:
         """Release the host memory of every slot whose transfers completed; wait for the
         oldest while more than ``depth`` slots are in flight."""
-        while self._inflight:
-            flats, keep = self._inflight[0]
-            wait = len(self._inflight) > self.depth
-            done = self._done(flats, wait)
-            if done is False:
-                return
-            self._inflight.popleft()
-            if done is None:
-                self._orphans.append(keep)
-            self.completed += len(flats)
-            self.waited += wait
+        try:
+            while self._inflight:
+                flats, keep = self._inflight[0]
+                wait = len(self._inflight) > self.depth
+                done = self._done(flats, wait)
+                if done is False:
+                    return
+                self._inflight.popleft()
+                if done is None:
+                    self._orphans.append(keep)
+                self.completed += len(flats)
+                self.waited += wait
+                del flats, keep  # before JAX is asked to let go of its references too
+        finally:
+            # JAX may hold a slot's view as well, until its next call: let go of it now.
+            release_host_arrays()
 
     def drain(self) -> None:
         """Wait for every transfer in flight and release its host memory."""
@@ -325,8 +329,10 @@ class Transfers:
                 if self._done(flats, wait=True) is None:
                     self._orphans.append(keep)
                 self.completed += len(flats)
+                del flats, keep
         finally:
             self._inflight.clear()
+            release_host_arrays()
 
     def __len__(self) -> int:
         """Slots in flight."""
