@@ -34,6 +34,23 @@ pub(crate) fn wait<T: Send>(
     }
 }
 
+/// [`wait`], but first one `step` with a zero slice while still holding the GIL (right after a
+/// signal check): what is already there is taken without letting go of the GIL. Letting go
+/// hands it to any thread that wants it, and getting it back can then take that thread's whole
+/// switch interval (5 ms by default), a stall in every `next()` while the producer runs Python.
+/// Only for steps that never block or allocate with a zero slice (the ready queue's).
+pub(crate) fn wait_held_first<T: Send>(
+    py: Python<'_>,
+    timeout: Duration,
+    mut step: impl FnMut(Duration) -> Option<T> + Send,
+) -> PyResult<Option<T>> {
+    py.check_signals()?;
+    if let Some(value) = step(Duration::ZERO) {
+        return Ok(Some(value));
+    }
+    wait(py, timeout, step)
+}
+
 /// Run bounded work (a copy that waits on nothing) with the GIL released, in one go: it cannot
 /// hang, and a signal that arrives meanwhile is raised by the interpreter as soon as it returns.
 pub(crate) fn run<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> T {

@@ -96,7 +96,7 @@ impl ReadyQueue {
     fn publish(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<bool> {
         let core = &self.core;
         let mut item = Some(item);
-        let pushed = gil::wait(py, FOREVER, |slice| {
+        let pushed = gil::wait_held_first(py, FOREVER, |slice| {
             core.signal.wait_for(slice, || {
                 if core.closed.load(Ordering::SeqCst) {
                     return Some(false);
@@ -137,7 +137,7 @@ impl ReadyQueue {
         let mut waiting = false;
         // Every step starts right after a signal check: one that arrived while we waited is
         // raised with the item still queued, so a caught KeyboardInterrupt loses nothing.
-        let taken = gil::wait(py, timeout, |slice| {
+        let taken = gil::wait_held_first(py, timeout, |slice| {
             if let Some(item) = core.items.pop() {
                 core.signal.notify();
                 return Some(Ok(item));
