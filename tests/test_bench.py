@@ -511,7 +511,8 @@ def test_leaves_and_shapes_run_at_tiny_sizes(tmp_path, capsys):
     # shapes: both runs in every round, and the forced route against sync at 8 and 64 leaves.
     assert result["meta"]["shapes"]["transfer_route"] == "device_put"
     for rep in (0, 1):
-        assert {("shapes", "8", 16384, r, rep) for r in ("distinct", "same")} <= seen
+        runs = ("distinct", "same", "new300", "new1000")
+        assert {("shapes", "8", 16384, r, rep) for r in runs} <= seen
         for count in (8, 64):
             for route in ("forced", "device_put"):
                 assert ("forced", f"numpy x{count}", 16384, route, rep) in seen
@@ -522,6 +523,7 @@ def test_leaves_and_shapes_run_at_tiny_sizes(tmp_path, capsys):
         "auto batches/s vs best prefetching peer", "auto batches/s vs sync",
         "auto CPU per batch vs best peer's", "distinct-shape vs one-shape time per batch",
         "RSS growth MiB over the distinct-shape run", "forced-route batches/s vs sync",
+        "RSS growth MiB over 1000 new shapes minus over 300 (bounded sizes)",
     } <= names  # fmt: skip
     md = (tmp_path / "summary.md").read_text()
     assert md.index("### Headline") < md.index("### All targets") < md.index("Leaves (list of")
@@ -603,6 +605,8 @@ def test_shapes_targets():
     values = {
         "distinct": [{"wall_s": w, "rss_growth": g * mib} for w, g in ((2e-3, 10), (3e-3, 200))],
         "same": [{"wall_s": w, "rss_growth": 0} for w in (1e-3, 1e-3)],
+        "new300": [{"rss_growth": g * mib} for g in (5, 6)],
+        "new1000": [{"rss_growth": g * mib} for g in (8, 30)],
     }
     samples = _rounds("shapes", "8", 16384, values)
     forced = {"forced": [{"batches_per_s": v} for v in (900.0, 1100.0)],
@@ -615,6 +619,10 @@ def test_shapes_targets():
     rss = found["RSS growth MiB over the distinct-shape run"]
     assert rss["ratio"] == pytest.approx(105) and rss["high"] == pytest.approx(200)
     assert rss["met"] is True and report.noisy(rss)  # one round went over 150 MiB
+    # Memory that grows with the number of shapes: 3 MiB more in one round, 24 in the other.
+    more = found["RSS growth MiB over 1000 new shapes minus over 300 (bounded sizes)"]
+    assert more["ratio"] == pytest.approx(13.5) and more["met"] is True and report.noisy(more)
+    assert (more["low"], more["high"]) == (pytest.approx(3.0), pytest.approx(24.0))
     ceiling = found["forced-route batches/s vs sync"]
     assert ceiling["ratio"] == pytest.approx(1.0) and ceiling["met"] is True
     assert ceiling["headline"] and ceiling["versus"] == "device_put"

@@ -128,7 +128,8 @@ class Converter:
         slot = self._acquire(plan.nbytes)
         try:
             try:
-                exports = slot.write(sources, plan.region_layout if whole else plan.layout)
+                layout = self.planner.region_layout(plan) if whole else plan.layout
+                exports = slot.write(sources, layout)
             except CoreRangeError as error:
                 raise core_overflow(error, [plan.structure.specs[i] for i in plan.fills]) from None
             if self.transfers is None:

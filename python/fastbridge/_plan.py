@@ -116,12 +116,16 @@ class Plan:
     """Bytes in the batch's arrays."""
     regions: list[Region] = dataclasses.field(default_factory=list)
     """The transfer route's per-device regions (empty on the ``cpu`` route)."""
+    fill_entries: list[tuple[int, int, int, int, int]] = dataclasses.field(default_factory=list)
+    """``layout``'s fills, as the core takes them."""
     region_layout: Any = None
-    """The same fills as ``layout``, exporting one ``uint8`` range per region."""
+    """The same fills as ``layout``, exporting one ``uint8`` range per region (made by
+    :meth:`Planner.region_layout` when the plan first moves whole)."""
     blocks: dict[int, list[tuple[int, int, list[jax.Device]]]] = dataclasses.field(
         default_factory=dict
     )
-    """Each slot leaf's row blocks and the devices holding each."""
+    """Each slot leaf's row blocks and the devices holding each, with a sharding (empty
+    without one: every leaf is then one block, on the stream's device)."""
     uses: int = 0
     splits: list[Callable[[jax.Array], list[jax.Array]]] | None = None
     """One jitted split per region, once the transfer route compiled them for this plan."""
@@ -159,6 +163,7 @@ class Planner:
         self.copy = copy
         self._plans: collections.OrderedDict[Any, Plan] = collections.OrderedDict()
         self._structures: dict[Any, Structure] = {}
+        self._putters: dict[Any, Putter] = {}
 
     def __len__(self) -> int:
         return len(self._plans)
@@ -222,6 +227,8 @@ class Planner:
         return plan
 
     def _build(self, structure: Structure, leaves: list[Any]) -> Plan:
+        if self.placement.sharding is None:
+            return self._build_local(structure, leaves)
         specs, placement = structure.specs, self.placement
         slot_puts: list[tuple[int, Putter, tuple[int, ...]]] = []
         direct_puts: list[tuple[int, Putter, tuple[slice, ...] | None]] = []
@@ -266,24 +273,90 @@ class Planner:
             self._lay_out(plan, leaves)
         return plan
 
-    def _putter(self, spec: LeafSpec, shape: tuple[int, ...], devices: list[jax.Device]) -> Putter:
-        full = self.placement.global_shape(shape)
-        return putter(
-            full,
-            spec.target_dtype,
-            self.placement.target,
-            devices,
-            x64=self.flatten.x64,
-            copy=self.copy,
+    def _build_local(self, structure: Structure, leaves: list[Any]) -> Plan:
+        """``_build`` without a sharding: every leaf whole, on one device, back to back in the
+        slot (which is then also the transfer route's one region). The loop a stream whose
+        shapes vary runs for every batch, so it does each leaf's work in one pass."""
+        specs, device = structure.specs, self.placement.device
+        sources: list[int] = []
+        fills: list[tuple[int, int, int, int, int]] = []
+        exports: list[tuple[int, list[int], int, int, int]] = []
+        parts: list[tuple[int, tuple[int, ...], np.dtype]] = []
+        slot_puts: list[tuple[int, Putter, tuple[int, ...]]] = []
+        direct_puts: list[tuple[int, Putter, tuple[slice, ...] | None]] = []
+        bfloat: list[int] = []
+        end = out_bytes = 0
+        for i, route in enumerate(structure.routes):
+            if route is None:
+                continue
+            leaf, spec = leaves[i], specs[i]
+            target = spec.target_dtype
+            nbytes = leaf.size * target.itemsize
+            out_bytes += nbytes
+            put = self._putter(spec, leaf.shape, [device])
+            if route != SLOT:
+                direct_puts.append((i, put, None))
+                continue
+            offset = _align(end)
+            end = offset + nbytes
+            code, bits = spec.dlpack
+            if code == DL_BFLOAT:
+                code = DL_UINT
+                bfloat.append(len(exports))
+            slot_puts.append((i, put, (len(exports),)))
+            fills.append((len(sources), 0, leaf.nbytes, offset, spec.fill_code))
+            exports.append((offset, list(leaf.shape), code, bits, 0))
+            parts.append((offset, leaf.shape, target))
+            sources.append(i)
+        plan = Plan(
+            structure,
+            sources=tuple(sources),
+            fills=tuple(sources),
+            byte_sources=frozenset(i for i in sources if specs[i].dlpack[0] == DL_BFLOAT),
+            scalar_sources=frozenset(i for i in sources if not leaves[i].ndim),
+            layout=self.make_layout(len(sources), fills, exports) if sources else None,
+            bfloat=tuple(bfloat),
+            slot_puts=slot_puts,
+            direct_puts=direct_puts,
+            placed=[],
+            out_bytes=out_bytes,
+            fill_entries=fills,
         )
+        if self.transfer and sources:
+            leaves_of = [(i, 0) for i in sources]
+            plan.regions.append(Region(device, 0, end, tuple(parts), leaves_of))
+        return plan
+
+    def _putter(self, spec: LeafSpec, shape: tuple[int, ...], devices: list[jax.Device]) -> Putter:
+        # A stream whose shapes vary (dynamic padding) pads most leaves to the same few
+        # shapes: its plans share putters, found here faster than a general cache would.
+        key = (shape, spec.target_dtype, *devices)
+        found = self._putters.get(key)
+        if found is None:
+            if len(self._putters) >= PLANS:
+                self._putters.clear()
+            found = self._putters[key] = putter(
+                self.placement.global_shape(shape),
+                spec.target_dtype,
+                self.placement.target,
+                devices,
+                x64=self.flatten.x64,
+                copy=self.copy,
+            )
+        return found
 
     def _lay_out(self, plan: Plan, leaves: list[Any]) -> None:
         """The slot's layout: one block per leaf and row block (device by device on the
         transfer route, each device's blocks back to back), its fills and its exports."""
         specs = plan.structure.specs
-        source_of = {leaf: n for n, leaf in enumerate(plan.sources)}
-        # Entries (leaf, block, device or None, offset) in slot order.
-        entries: list[tuple[int, int, jax.Device | None, int]] = []
+        # Per slot leaf: its source number, and bytes per row in the source and in the slot.
+        rows: dict[int, tuple[int, int, int]] = {}
+        for n, i in enumerate(plan.sources):
+            leaf = leaves[i]
+            cells = math.prod(leaf.shape[1:]) if leaf.ndim else 1
+            rows[i] = (n, cells * leaf.itemsize, cells * specs[i].target_dtype.itemsize)
+        # Entries (leaf, block, offset) in slot order.
+        entries: list[tuple[int, int, int]] = []
         end = 0
         if self.transfer:
             targets = dict.fromkeys(
@@ -294,32 +367,33 @@ class Planner:
                 parts: list[tuple[int, tuple[int, ...], np.dtype]] = []
                 owners: list[tuple[int, int]] = []
                 for i, found in plan.blocks.items():
-                    for b, (_, _, holders) in enumerate(found):
+                    for b, (first, last, holders) in enumerate(found):
                         if device in holders:
                             offset = _align(end)
-                            entries.append((i, b, device, offset))
+                            entries.append((i, b, offset))
                             shape = _block_shape(leaves[i], found[b])
                             parts.append((offset - start, shape, specs[i].target_dtype))
                             owners.append((i, b))
-                            end = offset + math.prod(shape) * specs[i].target_dtype.itemsize
+                            end = offset + (last - first if shape else 1) * rows[i][2]
                 plan.regions.append(Region(device, start, end, tuple(parts), owners))
         else:
             for i, found in plan.blocks.items():
-                for b, block in enumerate(found):
+                for b, (first, last, _) in enumerate(found):
                     offset = _align(end)
-                    entries.append((i, b, None, offset))
-                    shape = _block_shape(leaves[i], block)
-                    end = offset + math.prod(shape) * specs[i].target_dtype.itemsize
+                    entries.append((i, b, offset))
+                    end = offset + (last - first if leaves[i].ndim else 1) * rows[i][2]
         fills = []
         exports: list[tuple[int, list[int], int, int, int]] = []
         export_of: dict[tuple[int, int], int] = {}
         bfloat = []
-        for i, b, _, offset in entries:
+        for i, b, offset in entries:
             leaf, spec = leaves[i], specs[i]
-            start, stop, _ = plan.blocks[i][b]
-            row = leaf[0:1].nbytes if leaf.ndim else leaf.nbytes
-            first, size = (start * row, (stop - start) * row) if leaf.ndim else (0, row)
-            fills.append((source_of[i], first, size, offset, spec.fill_code))
+            first, last, _ = plan.blocks[i][b]
+            n, row, _ = rows[i]
+            if leaf.ndim:
+                fills.append((n, first * row, (last - first) * row, offset, spec.fill_code))
+            else:
+                fills.append((n, 0, row, offset, spec.fill_code))
             if (i, b) in export_of:
                 continue  # a block replicated on several devices is exported once
             code, bits = spec.dlpack
@@ -327,9 +401,11 @@ class Planner:
                 code = DL_UINT
                 bfloat.append(len(exports))
             export_of[i, b] = len(exports)
-            exports.append((offset, list(_block_shape(leaf, plan.blocks[i][b])), code, bits, 0))
+            block = [last - first, *leaf.shape[1:]] if leaf.ndim else []
+            exports.append((offset, block, code, bits, 0))
         plan.layout = self.make_layout(len(plan.sources), fills, exports)
-        plan.fills = tuple(i for i, _, _, _ in entries)
+        plan.fills = tuple(i for i, _, _ in entries)
+        plan.fill_entries = fills
         plan.bfloat = tuple(bfloat)
         placed = {i for i, _ in plan.placed}
         for i, found in plan.blocks.items():
@@ -339,18 +415,22 @@ class Planner:
             views = tuple(
                 export_of[i, b] for b, (_, _, holders) in enumerate(found) for _ in holders
             )
-            plan.slot_puts.append(
-                (i, self._putter(specs[i], tuple(leaves[i].shape), devices), views)
-            )
+            put = self._putter(specs[i], tuple(leaves[i].shape), devices)
+            plan.slot_puts.append((i, put, views))
         plan.placed = [
             (i, export_of.get((i, 0)) if i in plan.blocks else None) for i, _ in plan.placed
         ]
-        if plan.regions:
-            region_exports = [
+
+    def region_layout(self, plan: Plan) -> Any:
+        """The layout that exports one ``uint8`` range per region of ``plan`` (made when the
+        plan first moves whole: most plans of a stream whose shapes vary never do)."""
+        if plan.region_layout is None:
+            exports = [
                 (r.start, [r.stop - r.start], DL_UINT, 8, r.device.local_hardware_id or 0)
                 for r in plan.regions
             ]
-            plan.region_layout = self.make_layout(len(plan.sources), fills, region_exports)
+            plan.region_layout = self.make_layout(len(plan.sources), plan.fill_entries, exports)
+        return plan.region_layout
 
 
 def _block_shape(leaf: np.ndarray, block: tuple[int, int, Any]) -> tuple[int, ...]:

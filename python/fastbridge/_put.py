@@ -48,7 +48,20 @@ def putter(
     >>> put([np.array([1.0, 2.0], np.float32)]).tolist()
     [1.0, 2.0]
     """
-    devices = list(devices)
+    return _putter(tuple(shape), np.dtype(dtype), sharding, tuple(devices), x64, copy)
+
+
+@functools.lru_cache(maxsize=256)
+def _putter(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    sharding: jax.sharding.Sharding,
+    placed: tuple[jax.Device, ...],
+    x64: bool,
+    copy: bool,
+) -> Putter:
+    # Cached (as are the planner's): putters are small, and making one costs an aval.
+    devices = list(placed)
     batched = _batched_device_put(devices[0])
     if batched is not None:
         aval = _shaped_array(shape, dtype)
@@ -147,4 +160,9 @@ def _collector() -> Callable[[], None] | None:
 
 
 def _shaped_array(shape: tuple[int, ...], dtype: np.dtype) -> Any:
-    return importlib.import_module("jax._src.core").ShapedArray(tuple(shape), np.dtype(dtype))
+    return _aval_type()(tuple(shape), np.dtype(dtype))
+
+
+@functools.cache
+def _aval_type() -> Any:
+    return importlib.import_module("jax._src.core").ShapedArray

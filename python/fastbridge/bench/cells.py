@@ -11,6 +11,11 @@ from typing import Any
 from .routes import BY_KEY
 
 MiB = 1 << 20
+MEMORY_COUNTS = (300, 1000)
+"""New shapes per run of the shapes scenario's memory check: the stream's memory must not
+grow with how many shapes it meets."""
+MEMORY_SLACK_MIB = 16.0
+"""What the larger run's RSS growth may exceed the smaller one's by (allocator noise)."""
 SUMMARY_METRICS = (
     "consumer_s",
     "consumer_median_s",

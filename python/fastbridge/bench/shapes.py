@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import scenarios as sc
-from .cells import leaves_layout, parse_size, size_label
+from .cells import MEMORY_COUNTS, leaves_layout, parse_size, size_label
 from .leaves import WARMUP, batches_per_run, leaf_batch
 from .routes import Route, _StreamIterator
 from .runner import Run, split
@@ -58,6 +58,23 @@ DISTINCT = Route(
     0, "distinct", "forced route, every batch a new shape", "fastbridge", _forced_stream
 )
 SAME = Route(0, "same", "forced route, one shape", "fastbridge", _forced_stream)
+MEMORY = {
+    n: Route(
+        0, f"new{n}", f"forced route, {n} new shapes of bounded size", "fastbridge", _forced_stream
+    )
+    for n in MEMORY_COUNTS
+}
+
+
+def bounded_batches(count: int) -> list[dict[str, np.ndarray]]:
+    """``count`` batches of :data:`LEAVES` float32 leaves, every batch a shape of its own but
+    all about the same size ((8 + k % 33) x (200 + k // 33) for batch k), so memory that
+    grows with the count is memory held per shape, not bigger slots."""
+    out = []
+    for k in range(count):
+        shape = (8 + k % 33, 200 + k // 33)
+        out.append({f"leaf{i:02d}": np.full(shape, k, np.float32) for i in range(LEAVES)})
+    return out
 
 
 def shaped_batches(count: int, distinct: bool) -> list[dict[str, np.ndarray]]:
@@ -83,7 +100,7 @@ def count(bench: Run) -> int:
     if not bench.routes(("auto",)):
         return 0
     sync = len(bench.routes(("device_put",)))
-    return int(bench.args.repeats) * (2 + len(counts(bench)) * (1 + sync))
+    return int(bench.args.repeats) * (2 + len(MEMORY) + len(counts(bench)) * (1 + sync))
 
 
 def transfer_route() -> str | None:
@@ -122,6 +139,7 @@ def run(bench: Run) -> None:
     total = args.shapes_batches + extra
     gc.collect()
     runs = [(DISTINCT, shaped_batches(total, True)), (SAME, shaped_batches(total, False))]
+    memory = [(MEMORY[n], n, bounded_batches(n + extra)) for n in MEMORY_COUNTS]
     ceilings = []
     for leaves in counts(bench):
         batch = leaf_batch(leaves, LEAF_BYTES)
@@ -134,10 +152,14 @@ def run(bench: Run) -> None:
             m = _measure(bench, route, data, args.shapes_batches, keep=True)
             bench.add("shapes", route, layout, LEAF_BYTES, rep, leaves=LEAVES, **m)
             bench.progress.update(f"shapes {route.key} {LEAVES}x{size_label(LEAF_BYTES)}")
+        for route, n, data in memory:
+            m = _measure(bench, route, data, n, keep=False)
+            bench.add("shapes", route, layout, LEAF_BYTES, rep, leaves=LEAVES, **m)
+            bench.progress.update(f"shapes memory {n} new shapes")
         for leaves, batches, data in ceilings:
             for route in (FORCED, *sync):
                 m = _measure(bench, route, data, batches, keep=False)
                 where = leaves_layout("numpy", leaves)
                 bench.add("forced", route, where, LEAF_BYTES, rep, leaves=leaves, **m)
                 bench.progress.update(f"shapes ceiling {leaves}x16 KiB {route.key}")
-    del runs, ceilings
+    del runs, memory, ceilings

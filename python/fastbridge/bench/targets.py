@@ -7,7 +7,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .cells import Key, Lookup, MiB, parse_leaves_layout, sample_key, size_label
+from .cells import (
+    MEMORY_COUNTS,
+    MEMORY_SLACK_MIB,
+    Key,
+    Lookup,
+    MiB,
+    parse_leaves_layout,
+    sample_key,
+    size_label,
+)
 from .routes import BY_KEY, PEERS, PREFETCHING, SYNCHRONOUS
 
 Measured = tuple[float | None, float | None, float | None]
@@ -335,6 +344,20 @@ def _shapes(t: _Targets) -> None:
                 measured = (growth["median"] / MiB, growth["min"] / MiB, growth["max"] / MiB)
             t.add(
                 "RSS growth MiB over the distinct-shape run", where, measured, "<=", 150.0, **about
+            )
+            few, many = (f"new{n}" for n in MEMORY_COUNTS)
+            t.add(
+                f"RSS growth MiB over {MEMORY_COUNTS[1]} new shapes minus over "
+                f"{MEMORY_COUNTS[0]} (bounded sizes)",
+                where,
+                t.ratio.combine(
+                    [(*case, many), (*case, few)],
+                    "rss_growth",
+                    lambda values: (values[0] - values[1]) / MiB,
+                ),
+                "<=",
+                MEMORY_SLACK_MIB,
+                **about,
             )
     for layout in t.at.layouts("forced"):
         kind, count = parse_leaves_layout(layout)
