@@ -15,6 +15,9 @@ BALANCE_BAND = 0.05
 """A wait share within this many points of ``INPUT_BOUND``, or whose rounds fall on both sides
 of it, is too close to call: the job is ``balanced`` (the verdict that one more run would not
 flip)."""
+BALANCE_RATIO = 1.15
+"""An input side and a step whose batches/s, each measured alone, are within this factor of
+each other (or whose rounds overlap) make a ``balanced`` job."""
 KEEPS_UP = 0.8
 """A handoff that delivers at least this share of the source's own rate keeps up with it."""
 MAX_PREFETCH = 64
@@ -27,10 +30,13 @@ def bound(
     wait_share: float | None,
     step_rate: float | None = None,
     wait_range: tuple[float, float] | None = None,
+    ranges: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> tuple[str, str]:
-    """``(part, why)``: ``input pipeline``, ``handoff``, ``step`` or ``balanced`` (the loop's
-    input wait, ``wait_share`` with ``wait_range`` its lowest and highest round, is too close to
-    ``INPUT_BOUND`` to tell input from step).
+    """``(part, why)``: ``input pipeline``, ``handoff``, ``step`` or ``balanced``: the loop's
+    input wait (``wait_share``, with ``wait_range`` its lowest and highest round) is too close
+    to ``INPUT_BOUND`` to tell input from step, or the input side alone (``handoff_rate``) and
+    the step alone (``step_rate``) deliver about as many batches/s (within ``BALANCE_RATIO``,
+    or with ``ranges``, their lowest and highest rounds, overlapping).
 
     >>> bound(100.0, 95.0, 0.05)[0], bound(100.0, 95.0, 0.6)[0], bound(100.0, 40.0, 0.6)[0]
     ('step', 'input pipeline', 'handoff')
@@ -42,7 +48,20 @@ def bound(
     ['balanced', 'balanced', 'balanced']
     >>> bound(100.0, 95.0, 0.3, wait_range=(0.1, 0.4))[0]  # its rounds disagree
     'balanced'
+    >>> bound(272.9, 245.3, 0.34, step_rate=244.9)[0]  # input and step alike, measured alone
+    'balanced'
     """
+    if step_rate is not None and _alike(handoff_rate, step_rate, ranges):
+        waited = (
+            f" (the loop waited for input {100 * wait_share:.0f}% of its time)"
+            if (wait_share is not None)
+            else ""
+        )
+        return "balanced", (
+            f"the input side alone delivers {handoff_rate:.1f} batches/s and the step alone "
+            f"runs {step_rate:.1f}: as fast as each other within the noise{waited}, so the "
+            f"{_AFTER}"
+        )
     if wait_share is not None and _too_close(wait_share, wait_range):
         spread = (
             f" (rounds {100 * wait_range[0]:.0f}% to {100 * wait_range[1]:.0f}%)"
@@ -51,10 +70,7 @@ def bound(
         )
         return "balanced", (
             f"the loop waited for input {100 * wait_share:.1f}% of its time{spread}, too close "
-            f"to the {100 * INPUT_BOUND:.0f}% line to call: the input side and the step take "
-            "about as long, so speeding up only one of them gains little; prefetch evens out "
-            "their jitter, and the job speeds up when both do (the pipeline's knobs and a "
-            "lighter step)"
+            f"to the {100 * INPUT_BOUND:.0f}% line to call: the {_AFTER}"
         )
     waited = (
         f"the loop waited for input {100 * wait_share:.0f}% of its time; "
@@ -85,6 +101,26 @@ def bound(
         f"{waited}the source alone gives {source_rate:.1f} batches/s but the best handoff "
         f"delivers only {handoff_rate:.1f}: handing batches to JAX is the slowest part"
     )
+
+
+_AFTER = (
+    "input side and the step take about as long, so speeding up only one of them gains little; "
+    "prefetch evens out their jitter, and the job speeds up when both do (the pipeline's knobs "
+    "and a lighter step)"
+)
+
+
+def _alike(
+    input_rate: float,
+    step_rate: float,
+    ranges: tuple[tuple[float, float], tuple[float, float]] | None,
+) -> bool:
+    if max(input_rate, step_rate) <= BALANCE_RATIO * min(input_rate, step_rate):
+        return True
+    if ranges is None:
+        return False
+    (in_low, in_high), (step_low, step_high) = ranges
+    return in_low <= step_high and step_low <= in_high
 
 
 def _too_close(share: float, spread: tuple[float, float] | None) -> bool:

@@ -31,9 +31,10 @@ class Diagnosis:
     kind: str
     """``tf.data``, ``grain`` or ``iterable``."""
     bound: str
-    """``input pipeline``, ``handoff``, ``step``, or ``balanced`` when the loop's input wait is
-    too close to the input-bound threshold to tell the input side from the step (within 5
-    points of it, or with rounds on both sides)."""
+    """``input pipeline``, ``handoff``, ``step``, or ``balanced`` when the input side and the
+    step cannot be told apart: the loop's input wait is within 5 points of the input-bound
+    threshold (or its rounds fall on both sides of it), or the best handoff alone and the step
+    alone deliver batches/s within 15% of each other (or with overlapping rounds)."""
     why: str
     input_bound_share: float | None
     """Share of the loop's time spent waiting for input (``None`` without a step)."""
@@ -245,6 +246,10 @@ def _conclude(
         row = summary.get(key)
         return float(row["metrics"]["steps_per_s"]["median"]) if row else 0.0
 
+    def spread_of(row: dict[str, Any]) -> tuple[float, float]:
+        rates = row["metrics"]["steps_per_s"]
+        return float(rates["min"]), float(rates["max"])
+
     def paired(a: str, b: str) -> tuple[float | None, float | None, float | None]:
         return ratio((SCENARIO, "", 0, a), (SCENARIO, "", 0, b), "steps_per_s")
 
@@ -291,10 +296,19 @@ def _conclude(
     if with_step and f"loop:{backend}" in summary:
         waits = summary[f"loop:{backend}"]["metrics"]["wait_fraction"]
         share, spread = float(waits["median"]), (float(waits["min"]), float(waits["max"]))
-    handoffs = [rate(m.key) for m in order if m.group == "handoff"]
+    handoffs = [m.key for m in order if m.group == "handoff"]
+    best_handoff = max(handoffs, key=rate, default=None)
     step_rate = rate("step") if "step" in summary else None
+    ranges = None
+    if best_handoff is not None and step_rate is not None:
+        ranges = (spread_of(summary[best_handoff]), spread_of(summary["step"]))
     part, why = _advice.bound(
-        rate("source"), max(handoffs, default=0.0), share, step_rate, wait_range=spread
+        rate("source"),
+        rate(best_handoff) if best_handoff is not None else 0.0,
+        share,
+        step_rate,
+        wait_range=spread,
+        ranges=ranges,
     )
     step_seconds = None
     if "step" in summary:
