@@ -227,30 +227,3 @@ def test_an_overflowing_narrowing_names_its_fill(kit):
         slot.write([np.zeros(2, np.int64), np.array([1, 1 << 40], np.int64)], layout)
     assert (info.value.leaf, info.value.value) == (1, str(1 << 40))
     slot.release()
-
-
-@pytest.mark.parametrize("backend", PLAN_BACKENDS)
-def test_held_batches_stay_exact_while_others_are_dropped_or_donated(backend):
-    """On CPU every leaf aliases its slot (or its source). A donated leaf's memory may become
-    the output of the computation it was donated to: the slot must stay leased until that
-    output is gone too, and no batch still held may ever change."""
-    import random
-
-    rng = random.Random(11)
-    donate = jax.jit(lambda x: x * 2, donate_argnums=0)
-    held: dict[int, dict] = {}
-    outputs = []
-    with fastbridge.stream((_batch(i) for i in range(150)), backend=backend, prefetch=2) as s:
-        for batch in s:
-            i = int(batch["step"])
-            roll = rng.random()
-            if roll < 0.3:
-                held[i] = batch
-            elif roll < 0.5:
-                outputs.append(donate(batch["x"]))
-            if held and rng.random() < 0.2:
-                del held[rng.choice(list(held))]
-            if len(outputs) > 5:
-                outputs.pop(0)
-    for i, batch in held.items():
-        _assert_equal(batch, _batch(i))
