@@ -8,31 +8,30 @@ and slots) and, for ``checkpoint=True``, the tf.data log that saves read-ahead b
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any, Generic, NoReturn, TypeVar
 
 import jax
 
-from . import _backends
 from ._backends import choose, make_backend
 from ._leaves import Flattener
 from ._multihost import agree_on_batches, process_count, shard_source
 from ._native import available as core_available
 from ._options import StreamOptions, takes_options, x64_enabled
 from ._padding import Padder
+from ._pipeline import OPEN, Pipeline
 from ._placement import Placement
-from ._position import BATCH, END, ERROR, Position, Reader, TfLog, close_iterator, opened, restore
+from ._position import BATCH, END, Position, Reader, restore
 from ._progress import ProgressBar, StreamStats, summary
 from ._put import release_host_arrays
+from ._sources import check_source, check_state_fits, first_batch, known_length
 from ._state import STATE_VERSION, Checkpointable, SavedState, Unsaveable, encode_value
 from ._state import parse as parse_state
 from ._tfdata import (
-    cardinality,
     check_checkpoint,
     hides_tensorflow_gpus,
     is_dataset,
@@ -45,7 +44,6 @@ T = TypeVar("T")
 
 STATE_TIMEOUT = 5.0
 """Default bound, in seconds, on how long ``Stream.state()`` waits for a source read."""
-_JOIN_SECONDS = 1.0
 
 __all__ = ["STATE_TIMEOUT", "Stream", "StreamStats", "core_available", "stream"]
 
@@ -64,112 +62,6 @@ def _resolve_device(options: StreamOptions) -> jax.Device:
     return device
 
 
-class _Pipeline:
-    """One run of the producer, from one starting position: its reader, backend, log and
-    padder. The thread references this, never the ``Stream``, so an abandoned stream can be
-    garbage-collected (which closes it); ``set_state()`` replaces it in one store."""
-
-    def __init__(
-        self,
-        reader: Reader,
-        backend: _backends.Backend,
-        cursor: Position,
-        x64: bool,
-        log: TfLog | None,
-        padder: Padder | None,
-    ) -> None:
-        self.reader = reader
-        self.backend = backend
-        self.log = log
-        self.padder = padder
-        self.first = cursor.batches  # where this run started
-        # The position of the last batch the consumer delivered: replaced in one step by the
-        # consumer, read in one step by state() and by the reader (to forget delivered batches).
-        self.cursor = cursor
-        self.x64 = x64
-        self.closed = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.source_seconds = 0.0
-        self.convert_seconds = 0.0
-        self.pid = os.getpid()
-
-    def step(self) -> tuple[int, Any, int, Position | None]:
-        """Read and prepare one batch: ``(kind, payload, nbytes, position)`` where ``kind`` is
-        ``BATCH``, ``END`` or ``ERROR`` (then ``payload`` is the exception)."""
-        started = time.perf_counter()
-        kind, item, position = self.reader.read(self.cursor.batches)
-        read = time.perf_counter()
-        self.source_seconds += read - started
-        if kind != BATCH:
-            return (kind, item, 0, None)
-        assert position is not None
-        try:
-            payload, nbytes = self.backend.prepare(item, position.batches - 1)
-        except Exception as error:  # e.g. a leaf that does not fit: the stream ends here
-            return (ERROR, error, 0, None)
-        finally:
-            self.convert_seconds += time.perf_counter() - read
-        return (BATCH, payload, nbytes, position)
-
-    def produce(self) -> None:
-        # JAX's x64 switch can be thread-local (``with jax.enable_x64():``); the producer
-        # imports arrays, so it must see the consumer's setting from when the stream was made.
-        queue = self.backend.queue
-        with jax.enable_x64(self.x64):
-            try:
-                while not self.closed.is_set():
-                    entry = self.step()
-                    if not queue.publish(entry) or entry[0] != BATCH:
-                        return
-                    del entry
-            except StreamClosedError:
-                return
-            except BaseException as error:  # delivered in order, after every good batch
-                if not self.closed.is_set():
-                    queue.publish((ERROR, error, 0, None))
-            finally:
-                self.reader.close()
-
-    def close(self, join: float = _JOIN_SECONDS) -> None:
-        if self.closed.is_set():
-            self._join(join)
-            return
-        self.closed.set()
-        if os.getpid() != self.pid:
-            # A forked child: the producer thread and any lock it held stayed in the parent.
-            return
-        self.backend.close()
-        # The producer may be inside the source's own next() (e.g. a slow tf.data map);
-        # it notices the close as soon as that returns. Do not hang the caller on it.
-        self._join(join)
-
-    def _join(self, seconds: float) -> None:
-        thread = self.thread
-        if seconds and thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=seconds)
-
-    def stopped(self) -> bool:
-        """Whether the producer has left the source for good (or never started)."""
-        return self.thread is None or not self.thread.is_alive()
-
-
-# Streams still open, closed together at interpreter exit within one bounded wait (closing
-# them one by one would wait up to _JOIN_SECONDS for each producer blocked in its source).
-_OPEN: weakref.WeakSet[_Pipeline] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    pipelines = list(_OPEN)
-    for pipeline in pipelines:
-        pipeline.close(join=0)
-    deadline = time.monotonic() + _JOIN_SECONDS
-    for pipeline in pipelines:
-        thread = pipeline.thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-
-
 class Stream(Iterator[T], Generic[T]):
     """An iterator of batches (pytrees of ``jax.Array``) and a context manager.
 
@@ -183,7 +75,7 @@ class Stream(Iterator[T], Generic[T]):
         options = options if options is not None else StreamOptions()
         if not isinstance(options, StreamOptions):
             raise TypeError(f"options must be a StreamOptions, got {type(options).__name__}")
-        _check_source(source)
+        check_source(source)
         self._options = options
         self._device = _resolve_device(options)
         tf_source = is_dataset(source)
@@ -231,10 +123,10 @@ class Stream(Iterator[T], Generic[T]):
         if state is None:
             return None
         saved = parse_state(state)
-        _check_state_fits(saved, self._source, self._tf_source, self._limit)
+        check_state_fits(saved, self._source, self._tf_source, self._limit)
         return saved
 
-    def _build(self, saved: SavedState | None) -> _Pipeline:
+    def _build(self, saved: SavedState | None) -> Pipeline:
         """A producer run from ``saved`` (``None``: the beginning), not started yet. Opens the
         source there, so a state the source refuses raises here (``ValueError``)."""
         options = self._options
@@ -257,7 +149,7 @@ class Stream(Iterator[T], Generic[T]):
         first = saved.batches if saved is not None else 0
         template = None
         if self._limit is not None:
-            template = _template(self._template_source, self._tf_source, numpy_items)
+            template = first_batch(self._template_source, self._tf_source, numpy_items)
         reader = Reader(
             items,
             first=first,
@@ -269,14 +161,14 @@ class Stream(Iterator[T], Generic[T]):
             owned=owned,
         )
         start = Position(first, encode_value(saved.source) if saved and saved.source else None)
-        return _Pipeline(reader, backend, start, self._x64, log, padder)
+        return Pipeline(reader, backend, start, self._x64, log, padder)
 
     def _start(self) -> None:
         """Start the producer of ``self._pipeline`` and make the stream's finalizer close it."""
         pipeline = self._pipeline
         self._finalizer = weakref.finalize(self, pipeline.close)
         self._finalizer.atexit = False  # _close_all_at_exit closes every stream at once
-        _OPEN.add(pipeline)
+        OPEN.add(pipeline)
         thread = threading.Thread(
             target=pipeline.produce,
             name=f"fastbridge-producer-{self._backend}",
@@ -524,67 +416,6 @@ class Stream(Iterator[T], Generic[T]):
     def __repr__(self) -> str:
         state = "closed" if self._done else "open"
         return f"<fastbridge.Stream backend={self._backend!r} device={self._device} {state}>"
-
-
-def _check_source(source: Any) -> None:
-    if isinstance(source, Mapping):
-        raise TypeError(
-            f"source is a {type(source).__name__}: iterating a mapping yields its keys, not "
-            "batches. To stream batches from arrays, make a dataset of them, e.g. "
-            "fastbridge.from_numpy(arrays).batch(256), or pass a list of batch dicts"
-        )
-    if isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
-        raise TypeError(
-            f"source must be a tf.data.Dataset or an iterable of NumPy pytrees, "
-            f"got {type(source).__name__}"
-        )
-
-
-def known_length(source: Any) -> int | None:
-    """How many batches ``source`` yields, when it says (``len()`` or tf.data's cardinality)."""
-    if is_dataset(source):
-        return cardinality(source)
-    try:
-        return len(source)
-    except TypeError:
-        return None
-
-
-def _check_state_fits(saved: SavedState, source: Any, tf_source: bool, limit: int | None) -> None:
-    """Refuse a state that cannot belong to this source, before anything is read."""
-    if tf_source and saved.source is not None:
-        raise ValueError(
-            "state['source'] holds a source iterator's own state (a Grain-style source), but "
-            "this source is a tf.data.Dataset"
-        )
-    if not tf_source and saved.tf_iterator is not None:
-        raise ValueError(
-            "state['tf_iterator'] holds a tf.data iterator state, but this source is not a "
-            "tf.data.Dataset"
-        )
-    total = limit if limit is not None else known_length(source)
-    if total is not None and saved.batches > total:
-        raise ValueError(
-            f"state['batches'] = {saved.batches}, but this source has {total} batches: the "
-            "state was saved from another source"
-        )
-
-
-def _template(source: Any, tf_source: bool, numpy_items: bool) -> Any:
-    """A function giving the source's first batch: the shape of padding for a process that
-    has no batch of its own to take it from (see ``_multihost``)."""
-
-    def first() -> Any:
-        if tf_source:
-            one = source.take(1)
-            return next(iter(one.as_numpy_iterator() if numpy_items else one), None)
-        iterator = iter(source)
-        try:
-            return next(iterator, None)
-        finally:
-            close_iterator(opened(source, iterator))
-
-    return first
 
 
 @takes_options(StreamOptions)

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import keras
 
 from ._options import StreamOptions
-from ._stream import Stream, known_length
+from ._sources import known_length
+from ._stream import Stream
 
 __all__ = ["StreamDataset", "dataset"]
 
