@@ -175,9 +175,9 @@ class Converter:
         the plan has been seen ``SPLIT_AFTER`` times, and only for ``MAX_SPLITS`` layouts."""
         if plan.splits is not None:
             return True
-        key = tuple(region.layout for region in plan.regions)
         if plan.uses < SPLIT_AFTER:
             return False
+        key = tuple(region.layout for region in plan.regions)
         if key not in self._split_layouts:
             if len(self._split_layouts) >= MAX_SPLITS:
                 return False
@@ -204,9 +204,7 @@ class Converter:
         for i, found in plan.blocks.items():
             # A block replicated on several devices was written and moved once per device.
             arrays = [shards[i, b, d] for b, (_, _, holders) in enumerate(found) for d in holders]
-            if placement.sharding is None:
-                out[i] = arrays[0]
-            elif i in placed:
+            if i in placed:
                 (out[i],) = placement.place(arrays[:1])
             else:
                 out[i] = placement.assemble(tuple(leaves[i].shape), arrays)

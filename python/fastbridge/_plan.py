@@ -45,6 +45,7 @@ from ._leaves import (
 from ._native import LEAF_ALIGN
 from ._placement import Placement
 from ._put import Putter, putter
+from ._transfer import SplitLayout
 
 SLOT, DIRECT, NARROW = "slot", "direct", "narrow"
 
@@ -52,9 +53,6 @@ PLANS = 256
 """Plans a stream keeps (least recently used dropped first): one per batch shape it has seen,
 so a stream whose shapes vary (dynamic padding) stays bounded."""
 _STRUCTURES = 64
-
-Layout = tuple[tuple[int, tuple[int, ...], np.dtype], ...]
-"""Where each leaf lies in one device's transferred bytes: ``(byte offset, shape, dtype)``."""
 
 
 def _align(offset: int) -> int:
@@ -82,7 +80,7 @@ class Region:
     device: jax.Device
     start: int
     stop: int
-    layout: Layout
+    layout: SplitLayout
     leaves: list[tuple[int, int]]
     """``(leaf, block)`` of each part of ``layout``, in order."""
 
