@@ -15,6 +15,7 @@ import time
 
 import fastbridge
 import pytest
+from fastbridge._put import release_host_arrays
 
 ALL_BACKENDS = ["ring", "numpy", "direct", "copy"]
 SLOT_BACKENDS = ["ring", "numpy"]
@@ -25,10 +26,17 @@ def producer_threads() -> list[threading.Thread]:
 
 
 def wait_until(condition, timeout: float = 10.0) -> bool:
-    """Poll `condition` (with garbage collection) until it holds or `timeout` passes."""
+    """Poll `condition` (with garbage collection) until it holds or `timeout` passes.
+
+    Each poll also asks JAX to drop the host arrays it has finished with: JAX releases the
+    memory a deleted array aliased (a slot's view) only at its next call or in the garbage
+    collector's callback, and ``gc.collect()`` does nothing at all while another thread's
+    collection is still running (in a long test session, one can be blocked in a finalizer).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         gc.collect()
+        release_host_arrays()
         if condition():
             return True
         time.sleep(0.01)

@@ -348,6 +348,7 @@ class Stream(Iterator[T], Generic[T]):
             self._progress.close()
             self._progress = None
         self._finish()
+        release_host_arrays()  # slots of batches dropped before close() come back now
 
     def _finish(self) -> None:
         """The end of this run (the source's end, an error, or close()): ``set_state()`` may
