@@ -166,7 +166,10 @@ class Stream(Iterator[T], Generic[T]):
     def _start(self) -> None:
         """Start the producer of ``self._pipeline`` and make the stream's finalizer close it."""
         pipeline = self._pipeline
-        self._finalizer = weakref.finalize(self, pipeline.close)
+        # An abandoned stream is closed without waiting for its producer: the finalizer may run
+        # inside a garbage collection, and every other thread's gc.collect() does nothing
+        # until that collection ends. close() and the source's end wait (_finish).
+        self._finalizer = weakref.finalize(self, pipeline.close, 0)
         self._finalizer.atexit = False  # _close_all_at_exit closes every stream at once
         OPEN.add(pipeline)
         thread = threading.Thread(
@@ -355,7 +358,8 @@ class Stream(Iterator[T], Generic[T]):
         still start another unless the stream was closed."""
         self._done = True
         self._inflight.clear()
-        self._finalizer()
+        if self._finalizer.detach() is not None:
+            self._pipeline.close()
 
     def _raise_end(self) -> NoReturn:
         if self._interrupted is not None:
