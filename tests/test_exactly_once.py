@@ -414,7 +414,7 @@ def test_every_batch_exactly_once(kind):
 def test_the_model_catches_a_lost_batch(monkeypatch):
     """Negative control: a stream that silently drops one batch on resume must fail the
     model, or the model proves nothing."""
-    real = fastbridge._stream.Reader.read
+    real = fastbridge._position.Reader.read
 
     def lossy(self, delivered):
         kind, item, position = real(self, delivered)
@@ -422,7 +422,7 @@ def test_the_model_catches_a_lost_batch(monkeypatch):
             kind, item, position = real(self, delivered)  # batch 2 vanishes
         return kind, item, position
 
-    monkeypatch.setattr(fastbridge._stream.Reader, "read", lossy)
+    monkeypatch.setattr(fastbridge._position.Reader, "read", lossy)
     case = _machine("list")
     case.settings = settings(
         MODEL_SETTINGS, max_examples=30, database=None, report_multiple_bugs=False

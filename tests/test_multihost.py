@@ -176,15 +176,15 @@ def test_a_process_share_of_a_stateful_source_resumes_exactly(index):
     # item; the share must keep the source's get_state()/set_state(), or a resume would
     # silently fall back to replaying the source from the start.
     from fastbridge import stream
-    from fastbridge._multihost import _EveryNth
+    from fastbridge._multihost import EveryNth
 
-    share = _EveryNth(_Counter(), 3, index)
+    share = EveryNth(_Counter(), 3, index)
     want = list(range(index, 23, 3))
     with stream(share, backend="numpy", prefetch=1) as s:
         first = [int(next(s)[0]) for _ in range(3)]
         state = s.state()
     assert first == want[:3]
     assert state["source"] is not None, "the share lost the source's get_state()"
-    with stream(_EveryNth(_Counter(), 3, index), backend="numpy", state=state) as s:
+    with stream(EveryNth(_Counter(), 3, index), backend="numpy", state=state) as s:
         rest = [int(b[0]) for b in s]
     assert first + rest == want

@@ -27,6 +27,10 @@ def process_count() -> int:
     return int(jax.process_count())
 
 
+def process_index() -> int:
+    return int(jax.process_index())
+
+
 class _Strided(Iterator[Any]):
     """Every ``count``-th item of ``inner``, starting at its ``index``-th."""
 
@@ -54,7 +58,7 @@ class _StatefulStrided(_Strided):
         self.skip = int(state["skip"])
 
 
-class _EveryNth:
+class EveryNth:
     """``source`` restricted to items ``index, index + count, ...`` (re-iterable)."""
 
     def __init__(self, source: Any, count: int, index: int) -> None:
@@ -69,14 +73,6 @@ class _EveryNth:
     def __len__(self) -> int:
         total = len(self.source)
         return max(0, -(-(total - self.index) // self.count))
-
-
-def shard_source(source: Any, tf_source: bool) -> Any:
-    """This process's share of ``source``."""
-    count, index = jax.process_count(), jax.process_index()
-    if tf_source:
-        return source.shard(count, index)
-    return _EveryNth(source, count, index)
 
 
 def agree_on_batches(local: int | None, *, pad_last: bool) -> int:

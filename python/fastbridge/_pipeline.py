@@ -19,8 +19,7 @@ from typing import Any
 import jax
 
 from . import _backends
-from ._padding import Padder
-from ._position import BATCH, ERROR, Position, Reader, TfLog
+from ._position import BATCH, ERROR, Position, Reader
 from .errors import StreamClosedError
 
 JOIN_SECONDS = 1.0
@@ -28,27 +27,20 @@ JOIN_SECONDS = 1.0
 
 
 class Pipeline:
-    """One run of the producer, from one starting position: its reader, backend, log and
-    padder. The thread references this, never the ``Stream``, so an abandoned stream can be
-    garbage-collected (which closes it); ``set_state()`` replaces it in one store."""
+    """One run of the producer, from the reader's starting position: its reader (with the
+    tf.data log and padder) and backend. The thread references this, never the ``Stream``, so
+    an abandoned stream can be garbage-collected (which closes it); ``set_state()`` replaces
+    it in one store."""
 
-    def __init__(
-        self,
-        reader: Reader,
-        backend: _backends.Backend,
-        cursor: Position,
-        x64: bool,
-        log: TfLog | None,
-        padder: Padder | None,
-    ) -> None:
+    def __init__(self, reader: Reader, backend: _backends.Backend, x64: bool) -> None:
         self.reader = reader
         self.backend = backend
-        self.log = log
-        self.padder = padder
-        self.first = cursor.batches  # where this run started
+        self.log = reader.log
+        self.padder = reader.padder
+        self.first = reader.start.batches  # where this run started
         # The position of the last batch the consumer delivered: replaced in one step by the
         # consumer, read in one step by state() and by the reader (to forget delivered batches).
-        self.cursor = cursor
+        self.cursor = reader.start
         self.x64 = x64
         self.closed = threading.Event()
         self.thread: threading.Thread | None = None

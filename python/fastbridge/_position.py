@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,14 +20,11 @@ from typing import Any
 
 from ._padding import Padder
 from ._state import (
-    Checkpointable,
-    StateDictSource,
     Unsaveable,
-    decode_items,
     encode_items,
     encode_value,
 )
-from ._tfdata import load_iterator, save_iterator, skip
+from ._tfdata import save_iterator
 from .errors import SourceError, StateTimeoutError
 
 BATCH, ERROR, END = 0, 1, 2
@@ -161,7 +157,7 @@ class Reader:
         self,
         items: Iterator[Any],
         *,
-        first: int,
+        start: Position,
         stateful: Any = None,
         log: TfLog | None = None,
         limit: int | None = None,
@@ -171,11 +167,12 @@ class Reader:
     ) -> None:
         self._items = items
         self._owned = owned
-        self._index = first
+        self.start = start  # the position before this reader's first batch
+        self._index = start.batches
         self._stateful = stateful
-        self._log = log
+        self.log = log
         self._limit = limit
-        self._padder = padder
+        self.padder = padder
         self._template = template
         self._last: Any = None
         self._snapshot: Any = None
@@ -186,10 +183,10 @@ class Reader:
         if self._limit is not None and index >= self._limit:
             return (END, None, None)
         try:
-            item = self._log.read(index, delivered) if self._log else next(self._items)
+            item = self.log.read(index, delivered) if self.log else next(self._items)
             padded = False
         except StopIteration:
-            if self._limit is None or self._padder is None:
+            if self._limit is None or self.padder is None:
                 return (END, None, None)
             item, padded = self._blank(), True
         except Exception as error:
@@ -200,9 +197,9 @@ class Reader:
             return (ERROR, failure, None)
         if self._stateful is not None and not padded:
             self._snapshot = _snapshot(self._stateful)
-        if self._padder is not None and not padded:
+        if self.padder is not None and not padded:
             self._last = item
-            item = self._padder(item)
+            item = self.padder(item)
         self._index = index + 1
         return (BATCH, item, Position(index + 1, self._snapshot))
 
@@ -215,13 +212,13 @@ class Reader:
         close_iterator(owned)
 
     def _blank(self) -> Any:
-        assert self._padder is not None
+        assert self.padder is not None
         model = self._last
         if model is None and self._template is not None:
             model = self._template()
         if model is None:
             raise SourceError("pad_last=True: no batch to take the padding's shape from", -1)
-        return self._padder.empty_like(model)
+        return self.padder.empty_like(model)
 
 
 def _snapshot(iterator: Any) -> Any:
@@ -251,83 +248,3 @@ def opened(source: Any, iterator: Any) -> Any:
     """``iterator`` when ``iter(source)`` made a new one that the stream must close, else
     ``None`` (the source is its own iterator: the user's to close)."""
     return None if iterator is source else iterator
-
-
-def restore(
-    source: Any, saved: Any, tf_source: bool, numpy_items: bool, checkpoint: bool
-) -> tuple[Iterator[Any], Any, TfLog | None, Any]:
-    """Open ``source`` where ``saved`` (a ``SavedState`` or ``None``) left it.
-
-    Returns ``(items, stateful, log, owned)``: the items to read, the source iterator when it
-    has ``get_state()``/``set_state()`` (its snapshots go into every position), the
-    ``TfLog`` for ``checkpoint=True``, and the iterator the stream opened (``None`` for
-    tf.data, whose iterators have nothing to close).
-    """
-    batches = saved.batches if saved is not None else 0
-    if tf_source:
-        if checkpoint or (saved is not None and saved.tf_iterator is not None):
-            iterator = iter(source.as_numpy_iterator() if numpy_items else source)
-            if saved is None or saved.tf_iterator is None:
-                # checkpoint=True from the start, or from a replayed position: read the
-                # dataset itself (its iterator state then fits every later resume) and drop.
-                log = TfLog(iterator, pending=[], drop=batches, base=None, start=batches)
-                return iterator, None, log, None
-            load_iterator(iterator, saved.tf_iterator)
-            pending = decode_items(saved.pending, source.element_spec, numpy_items)
-            if checkpoint:
-                return iterator, None, TfLog.resumed(iterator, saved, pending), None
-            chained = itertools.chain(pending, iterator)
-            return itertools.islice(chained, saved.skip, None), None, None, None
-        ds = skip(source, batches)
-        return iter(ds.as_numpy_iterator() if numpy_items else ds), None, None, None
-    if isinstance(source, StateDictSource) and not isinstance(source, Iterator):
-        return _restore_by_dict(source, saved)
-    iterator = iter(source)
-    owned = opened(source, iterator)
-    stateful = iterator if isinstance(iterator, Checkpointable) else None
-    if saved is not None and saved.source is not None:
-        if stateful is None:
-            raise ValueError(
-                "state['source'] holds a source iterator's state, but this source's iterator "
-                "has no get_state()/set_state()"
-            )
-        try:
-            iterator.set_state(saved.source)
-        except Exception as error:
-            close_iterator(owned)
-            raise ValueError(
-                f"state['source'] was refused by the source's set_state(): "
-                f"{type(error).__name__}: {error}"
-            ) from error
-        return iterator, stateful, None, owned
-    items = itertools.islice(iterator, batches, None) if batches else iterator
-    return items, stateful, None, owned
-
-
-class _DictState:
-    """A ``StateDictSource`` seen as the ``get_state()`` the reader snapshots."""
-
-    def __init__(self, source: StateDictSource) -> None:
-        self._source = source
-
-    def get_state(self) -> Any:
-        return self._source.state_dict()
-
-
-def _restore_by_dict(
-    source: StateDictSource, saved: Any
-) -> tuple[Iterator[Any], Any, TfLog | None, Any]:
-    if saved is not None and saved.source is not None:
-        try:
-            source.load_state_dict(saved.source)
-        except Exception as error:
-            raise ValueError(
-                f"state['source'] was refused by the source's load_state_dict(): "
-                f"{type(error).__name__}: {error}"
-            ) from error
-        iterator = iter(source)
-        return iterator, _DictState(source), None, opened(source, iterator)
-    iterator = iter(source)
-    batches = saved.batches if saved is not None else 0
-    items = itertools.islice(iterator, batches, None) if batches else iterator
-    return items, _DictState(source), None, opened(source, iterator)

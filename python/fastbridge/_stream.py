@@ -19,25 +19,18 @@ import jax
 
 from ._backends import choose, make_backend
 from ._leaves import Flattener
-from ._multihost import agree_on_batches, process_count, shard_source
+from ._multihost import agree_on_batches, process_count, process_index
 from ._native import available as core_available
 from ._options import StreamOptions, takes_options, x64_enabled
 from ._padding import Padder
 from ._pipeline import OPEN, Pipeline
 from ._placement import Placement
-from ._position import BATCH, END, Position, Reader, restore
+from ._position import BATCH, END
 from ._progress import ProgressBar, StreamStats, summary
 from ._put import release_host_arrays
-from ._sources import check_source, check_state_fits, first_batch, known_length
-from ._state import STATE_VERSION, Checkpointable, SavedState, Unsaveable, encode_value
+from ._sources import make_source
+from ._state import STATE_VERSION, SavedState, Unsaveable
 from ._state import parse as parse_state
-from ._tfdata import (
-    check_checkpoint,
-    hides_tensorflow_gpus,
-    is_dataset,
-    keep_tensorflow_off,
-    pipeline_facts,
-)
 from .errors import StateTimeoutError, StreamClosedError
 
 T = TypeVar("T")
@@ -75,42 +68,23 @@ class Stream(Iterator[T], Generic[T]):
         options = options if options is not None else StreamOptions()
         if not isinstance(options, StreamOptions):
             raise TypeError(f"options must be a StreamOptions, got {type(options).__name__}")
-        check_source(source)
         self._options = options
         self._device = _resolve_device(options)
-        tf_source = is_dataset(source)
-        if tf_source and hides_tensorflow_gpus(self._device.platform):
-            keep_tensorflow_off()  # usually too late to hide them: then it warns, and how to fix
-        facts = pipeline_facts(source) if tf_source else None
-        self._backend = choose(options.backend, self._device, facts)
-        if options.checkpoint and facts is None:
-            raise ValueError(
-                "checkpoint=True applies to tf.data sources; other iterables resume exactly "
-                "through their iterator's get_state()/set_state(), or by replaying"
-            )
-        if options.checkpoint and facts is not None:
-            check_checkpoint(facts)
-        if options.service is not None:
-            if not tf_source:
-                raise TypeError("service= needs a tf.data.Dataset source")
-            from .service import distribute
-
-            source = distribute(source, options.service)
-        self._template_source = source
-        self._limit = None
-        if process_count() > 1 and options.service is None and options.shard_by_process:
-            source = shard_source(source, tf_source)
-        length = known_length(source)
+        self._source = make_source(source, options, self._device)
+        self._backend_name = choose(options.backend, self._device, self._source.facts)
+        self._limit: int | None = None
         if process_count() > 1:
-            self._limit = agree_on_batches(length, pad_last=options.pad_last)
-        self._source = source
-        self._tf_source = tf_source
+            if options.service is None and options.shard_by_process:
+                self._source = self._source.shard(process_count(), process_index())
+            self._limit = agree_on_batches(self._source.length(), pad_last=options.pad_last)
         self._x64 = x64_enabled()
         self._placement = Placement(self._device, options.sharding)
         self._started = time.perf_counter()
         self._bytes = 0
         self._wait = 0.0
-        self._progress = ProgressBar(length, self._backend) if options.progress else None
+        self._progress = None
+        if options.progress:
+            self._progress = ProgressBar(self._source.length(), self._backend_name)
         self._closed = False  # by close(): only then does set_state() refuse
         self._interrupted: str | None = None  # why a set_state() left no producer running
         self._delivered_before = 0  # batches delivered by the runs before the current one
@@ -123,7 +97,7 @@ class Stream(Iterator[T], Generic[T]):
         if state is None:
             return None
         saved = parse_state(state)
-        check_state_fits(saved, self._source, self._tf_source, self._limit)
+        self._source.check_state(saved, self._limit)
         return saved
 
     def _build(self, saved: SavedState | None) -> Pipeline:
@@ -131,37 +105,23 @@ class Stream(Iterator[T], Generic[T]):
         source there, so a state the source refuses raises here (``ValueError``)."""
         options = self._options
         flatten = Flattener(x64=self._x64, dtypes=options.dtypes, padded=options.pad_last)
-        backend = make_backend(self._backend, self._placement, flatten, options)
-        numpy_items = backend.numpy_items
+        backend = make_backend(self._backend_name, self._placement, flatten, options)
+        padder = None
+        if options.pad_last:
+            # A resume that starts at the short last batch must still pad it to full size: the
+            # batch size the interrupted stream learned from its first batch, if none was given.
+            batch_size = options.batch_size
+            if batch_size is None and saved is not None:
+                batch_size = saved.batch_size
+            padder = Padder(batch_size)
         try:
-            items, stateful, log, owned = restore(
-                self._source, saved, self._tf_source, numpy_items, options.checkpoint
+            reader = self._source.open(
+                saved, numpy_items=backend.numpy_items, limit=self._limit, padder=padder
             )
         except BaseException:
             backend.close()
             raise
-        batch_size = options.batch_size
-        if options.pad_last and batch_size is None and saved is not None:
-            # The batch size the interrupted stream learned from its first batch: a resume that
-            # starts at the short last batch must still pad it to full size.
-            batch_size = saved.batch_size
-        padder = Padder(batch_size) if options.pad_last else None
-        first = saved.batches if saved is not None else 0
-        template = None
-        if self._limit is not None:
-            template = first_batch(self._template_source, self._tf_source, numpy_items)
-        reader = Reader(
-            items,
-            first=first,
-            stateful=stateful,
-            log=log,
-            limit=self._limit,
-            padder=padder,
-            template=template,
-            owned=owned,
-        )
-        start = Position(first, encode_value(saved.source) if saved and saved.source else None)
-        return Pipeline(reader, backend, start, self._x64, log, padder)
+        return Pipeline(reader, backend, self._x64)
 
     def _start(self) -> None:
         """Start the producer of ``self._pipeline`` and make the stream's finalizer close it."""
@@ -174,7 +134,7 @@ class Stream(Iterator[T], Generic[T]):
         OPEN.add(pipeline)
         thread = threading.Thread(
             target=pipeline.produce,
-            name=f"fastbridge-producer-{self._backend}",
+            name=f"fastbridge-producer-{self._backend_name}",
             daemon=True,
         )
         pipeline.thread = thread
@@ -297,19 +257,10 @@ class Stream(Iterator[T], Generic[T]):
         if self._pipeline.pid != os.getpid():
             raise RuntimeError("this stream was created in another process (os.fork())")
         saved = self._parse(state)
-        # An iterator is its own one pass (asked without calling iter(), which for a Grain
-        # dataset would open an iterator, workers and all, only to throw it away).
-        if not self._tf_source and isinstance(self._source, Iterator):
-            if not isinstance(self._source, Checkpointable):
-                raise ValueError(
-                    "set_state() cannot move this source: it is a one-shot iterator (iter() "
-                    "returns itself) without get_state()/set_state(), so the batches before "
-                    "the state cannot be read again. Pass a re-iterable source (a list, a "
-                    "dataset) or a Grain-style iterator"
-                )
+        self._source.check_rewind()
         old = self._pipeline
         try:
-            if self._tf_source:
+            if self._source.reopens_alongside:
                 # A new iterator of the dataset: restored while the old run goes on, so a
                 # state tf.data refuses leaves this stream as it was.
                 new = self._build(saved)
@@ -375,7 +326,7 @@ class Stream(Iterator[T], Generic[T]):
     @property
     def backend(self) -> str:
         """The backend in use (``auto`` resolved)."""
-        return self._backend
+        return self._backend_name
 
     @property
     def device(self) -> jax.Device:
@@ -393,7 +344,7 @@ class Stream(Iterator[T], Generic[T]):
         pool_bytes = pool.get("pool_bytes", 0)
         copied = self._bytes if backend.consumer_copies() else pool.get("bytes_copied", 0)
         return StreamStats(
-            backend=self._backend,
+            backend=self._backend_name,
             batches=self._delivered_before + delivered - pipeline.first,
             bytes=self._bytes,
             wait_seconds=self._wait,
@@ -420,7 +371,7 @@ class Stream(Iterator[T], Generic[T]):
 
     def __repr__(self) -> str:
         state = "closed" if self._done else "open"
-        return f"<fastbridge.Stream backend={self._backend!r} device={self._device} {state}>"
+        return f"<fastbridge.Stream backend={self._backend_name!r} device={self._device} {state}>"
 
 
 @takes_options(StreamOptions)
