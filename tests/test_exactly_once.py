@@ -32,6 +32,7 @@ import pytest
 import tensorflow as tf
 from conftest import ALL_BACKENDS, wait_until
 from fastbridge import SourceError, stream
+from fastbridge._testing import internals
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -537,7 +538,7 @@ def test_a_live_get_state_dict_is_snapshotted_per_batch(backend):
     yielded [8, 9, 10]."""
     with stream(LiveStateSource(20), backend=backend, prefetch=4) as s:
         got = [int(np.asarray(next(s))[0]) for _ in range(3)]
-        assert wait_until(lambda: s._pipeline.backend.queue.__len__() >= 2)
+        assert wait_until(lambda: internals(s).queue.__len__() >= 2)
         state = json.loads(json.dumps(s.state()))
     assert state["source"] == {"i": 3}, state
     with stream(LiveStateSource(20), backend=backend, state=state) as s:
@@ -660,7 +661,7 @@ def test_state_returns_while_the_producer_is_stuck_in_a_read(backend):
     s = stream(ds, backend=backend, checkpoint=True, prefetch=2)
     try:
         got = _ints([next(s), next(s)])
-        assert wait_until(lambda: len(s._pipeline.backend.queue) == 2, timeout=10)
+        assert wait_until(lambda: len(internals(s).queue) == 2, timeout=10)
         state = s.state(timeout=0.2)  # the producer is stuck reading batch 4
         assert not release.is_set()
         s.close()

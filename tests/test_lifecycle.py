@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import ALL_BACKENDS, SLOT_BACKENDS, producer_threads, wait_until
 from fastbridge import _core, stream
+from fastbridge._testing import internals
 
 
 def _endless(shape=(32, 32)):
@@ -23,8 +24,8 @@ def _endless(shape=(32, 32)):
 def test_close_wakes_a_producer_blocked_on_a_free_slot(backend):
     s = stream(_endless(), backend=backend, prefetch=1, slots=1)
     held = [next(s), next(s)]  # the only slot is held: the producer waits for it
-    assert wait_until(lambda: s._pipeline.backend.pool.stats()["slots_leased"] >= 2, timeout=5)
-    thread = s._pipeline.thread
+    assert wait_until(lambda: internals(s).pool.stats()["slots_leased"] >= 2, timeout=5)
+    thread = internals(s).thread
     started = time.monotonic()
     s.close()
     thread.join(timeout=2)
@@ -38,16 +39,16 @@ def test_close_wakes_a_producer_blocked_on_a_free_slot(backend):
 @pytest.mark.parametrize("backend", ["ring", "numpy", "direct"])
 def test_close_wakes_a_producer_blocked_on_a_full_ready_queue(backend):
     s = stream(_endless(), backend=backend, prefetch=2)
-    assert wait_until(lambda: len(s._pipeline.backend.queue) == 2, timeout=5)
+    assert wait_until(lambda: len(internals(s).queue) == 2, timeout=5)
     s.close()
-    assert wait_until(lambda: not s._pipeline.thread.is_alive(), timeout=2)
+    assert wait_until(lambda: not internals(s).thread.is_alive(), timeout=2)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_an_abandoned_stream_is_collected_with_its_thread(backend):
     s = stream(_endless(), backend=backend, prefetch=2)
     next(s)
-    ring = s._pipeline.backend.pool
+    ring = internals(s).pool
     del s
     assert wait_until(lambda: not producer_threads(), timeout=5)
     if backend in SLOT_BACKENDS:
@@ -170,7 +171,7 @@ def test_close_closes_the_iterator_the_stream_opened(backend):
     source = _Source(1000)
     s = stream(source, backend=backend, prefetch=2)
     assert float(next(s)[0]) == 0.0
-    thread = s._pipeline.thread
+    thread = internals(s).thread
     s.close()
     thread.join(timeout=5)
     assert len(source.finished) == 1, "the iterator that stream() opened was closed"
@@ -190,7 +191,7 @@ def test_a_user_iterator_is_left_open_for_the_user():
     items = iter(_Source(10))
     s = stream(items, backend="numpy", prefetch=1)
     assert float(next(s)[0]) == 0.0
-    thread = s._pipeline.thread
+    thread = internals(s).thread
     s.close()
     thread.join(timeout=5)
     assert next(items).shape == (4,), "the user's iterator is still open"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import SLOT_BACKENDS, wait_until
 from fastbridge import PoolExhaustedError, stream
+from fastbridge._testing import internals
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,7 +70,7 @@ def test_pool_cap_raises_a_clear_error(backend):
 def test_slots_are_freed_after_close_once_batches_are_dropped(backend):
     s = stream(_batches(20), backend=backend, prefetch=2)
     keep = [next(s) for _ in range(3)]
-    ring = s._pipeline.backend.pool
+    ring = internals(s).pool
     s.close()
     assert ring.stats()["slots"] >= 3, "held batches keep their slots"
     np.testing.assert_array_equal(np.asarray(keep[2]["x"])[0, 0], 2.0)

@@ -28,6 +28,7 @@ WORKER = textwrap.dedent(
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from fastbridge import stream
+    from fastbridge._testing import recorded_slots
 
     mesh = Mesh(np.array(jax.devices()), ("data",))
     sharding = NamedSharding(mesh, P("data"))
@@ -39,12 +40,13 @@ WORKER = textwrap.dedent(
     for backend, pad in [("ring", False), ("ring", True), ("direct", False), ("numpy", True),
                          ("copy", False)]:
         out = []
-        with stream(ds, backend=backend, sharding=sharding, pad_last=pad) as batches:
+        with recorded_slots() as ranges, stream(
+            ds, backend=backend, sharding=sharding, pad_last=pad
+        ) as batches:
             for item in batches:
                 batch, mask = item if pad else (item, None)
                 assert batch["x"].shape[0] == 8 and not batch["x"].is_fully_addressable
                 if backend == "ring":  # each local shard aliases this process's slot
-                    ranges = batches._pipeline.backend.converter.slot_ranges
                     for shard in batch["x"].addressable_shards:
                         ptr = shard.data.unsafe_buffer_pointer()
                         assert any(a <= ptr < a + n for a, n in ranges.items()), "copied"

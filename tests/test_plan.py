@@ -19,13 +19,14 @@ import pytest
 from conftest import SLOT_BACKENDS
 from fastbridge import _handoff, _plan, _put
 from fastbridge._native import core
+from fastbridge._testing import internals
 from fastbridge.errors import CoreRangeError, StructureChangedError
 
 PLAN_BACKENDS = ["ring", "numpy", "direct"]
 
 
 def _planner(stream):
-    return stream._pipeline.backend.converter.planner
+    return internals(stream).converter.planner
 
 
 def _batch(i: int, rows: int = 8) -> dict[str, np.ndarray]:
@@ -102,7 +103,7 @@ def test_the_transfer_route_compiles_no_split_for_shapes_seen_once(backend, monk
     monkeypatch.setenv("FASTBRIDGE_TRANSFER", "device_put")
     batches = [_batch(i, rows=i + 1) for i in range(40)]
     with fastbridge.stream(batches, backend=backend, prefetch=2) as s:
-        converter = s._pipeline.backend.converter
+        converter = internals(s).converter
         got = list(s)
         assert converter.transfers.completed == 0
         assert not converter._split_layouts
@@ -117,7 +118,7 @@ def test_the_transfer_route_compiles_at_most_max_splits_layouts(monkeypatch):
     layouts = _handoff.MAX_SPLITS + 3
     batches = [_batch(i, rows=rows) for rows in range(1, layouts + 1) for i in range(3)]
     with fastbridge.stream(batches, backend="ring", prefetch=2) as s:
-        converter = s._pipeline.backend.converter
+        converter = internals(s).converter
         got = list(s)
         assert len(converter._split_layouts) == _handoff.MAX_SPLITS
         # Batches 2 and 3 of each of the first MAX_SPLITS layouts went whole.

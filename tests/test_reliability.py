@@ -27,6 +27,7 @@ import psutil
 import pytest
 from conftest import SLOT_BACKENDS, wait_until
 from fastbridge import SourceError, StructureChangedError, stream
+from fastbridge._testing import internals
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -41,7 +42,7 @@ PAGE = 4096
 
 
 def ring_stats(s: fastbridge.Stream) -> dict:
-    return s._pipeline.backend.pool.stats()
+    return internals(s).pool.stats()
 
 
 def slots_return(s: fastbridge.Stream, timeout: float = 10.0) -> bool:
@@ -508,6 +509,7 @@ import numpy as np
 import jax, jax.numpy as jnp
 import fastbridge
 from fastbridge import stream
+from fastbridge._testing import internals
 """
 
 
@@ -678,7 +680,7 @@ def test_fork_while_the_numpy_ring_lock_is_held_does_not_hang_the_child():
         held = [next(s) for _ in range(3)]
         locked, release = threading.Event(), threading.Event()
         def holder():
-            with s._pipeline.backend.pool._cond:
+            with internals(s).pool._cond:
                 locked.set()
                 release.wait()
         t = threading.Thread(target=holder)
@@ -721,12 +723,12 @@ MEMLOCK_BODY = """
         # before its memory and pinning are accounted).
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            raw = s._pipeline.backend.pool.stats()
+            raw = internals(s).pool.stats()
             if raw["pool_bytes"] == raw["slots"] * 40960:
                 break
             time.sleep(0.01)
         stats = s.stats
-        locked = s._pipeline.backend.pool.stats()["locked_slots"]
+        locked = internals(s).pool.stats()["locked_slots"]
         values = [float(b["x"][0]) for b in held] + [float(b["x"][0]) for b in s]
     assert values == [float(i) for i in range(30)], values
     print("can_lock", can_lock, "pinned", stats.pinned, "locked", locked, "slots", stats.slots)

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from conftest import ALL_BACKENDS
 from fastbridge import stream
+from fastbridge._testing import recorded_slots
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -46,8 +47,8 @@ def test_sharded_batches_are_global_arrays(backend, mesh):
 def test_ring_shards_alias_their_slot_blocks(mesh):
     sharding = NamedSharding(mesh, P("data"))
     batch = np.arange(16 * 5, dtype=np.float32).reshape(16, 5)  # 40-byte shards: padded to 64
-    with stream([batch] * 3, backend="ring", sharding=sharding) as batches:
-        ranges = batches._pipeline.backend.converter.slot_ranges
+    source = [batch] * 3
+    with recorded_slots() as ranges, stream(source, backend="ring", sharding=sharding) as batches:
         for b in batches:
             for shard in b.addressable_shards:
                 pointer = shard.data.unsafe_buffer_pointer()
@@ -124,6 +125,7 @@ _RESUME = textwrap.dedent(
     import json, sys
     import numpy as np, tensorflow as tf
     from fastbridge import stream
+from fastbridge._testing import recorded_slots
     sys.path.insert(0, {testdir!r})
     from test_training import CountingSource, pipeline
     state = json.loads(sys.argv[1])
@@ -207,6 +209,7 @@ _RESUME_CHECKPOINT = textwrap.dedent(
     import json, sys
     import numpy as np
     from fastbridge import stream
+from fastbridge._testing import recorded_slots
     sys.path.insert(0, {testdir!r})
     from test_training import unseeded_pipeline
     state = json.loads(sys.stdin.read())

@@ -20,6 +20,7 @@ from conftest import SLOT_BACKENDS
 from fastbridge import _transfer
 from fastbridge._handoff import SPLIT_AFTER
 from fastbridge._native import core
+from fastbridge._testing import internals, recorded_slots
 from fastbridge._transfer import Capabilities, DmaMaps, Transfers, choose_route
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -141,19 +142,14 @@ def _assert_bitwise(batch, i: int) -> None:
         assert got.tobytes() == np.asarray(want).tobytes(), f"batch {i} leaf {key}"
 
 
-def _slot_converter(stream):
-    return stream._pipeline.backend._slot_converter()
-
-
 @pytest.mark.parametrize("backend", SLOT_BACKENDS)
 def test_one_transfer_per_batch_split_on_the_device_is_bitwise(backend, monkeypatch):
     monkeypatch.setenv("FASTBRIDGE_TRANSFER", "device_put")
     batches = [_batch(i) for i in range(12)]
-    with fastbridge.stream(batches, backend=backend, prefetch=3) as stream:
-        converter = _slot_converter(stream)
-        held = list(stream)
-        ranges = dict(converter.slot_ranges)
-        assert stream.stats.transfer_route == "device_put"
+    with recorded_slots() as ranges, fastbridge.stream(batches, backend=backend, prefetch=3) as s:
+        converter = internals(s).converter
+        held = list(s)
+        assert s.stats.transfer_route == "device_put"
     for i, batch in enumerate(held):
         _assert_bitwise(batch, i)
         for leaf in jax.tree_util.tree_leaves(batch):
@@ -168,10 +164,9 @@ def test_one_transfer_per_batch_split_on_the_device_is_bitwise(backend, monkeypa
 
 
 def test_the_cpu_route_still_aliases_the_slot():
-    with fastbridge.stream([_batch(0)], backend="ring") as stream:
-        (batch,) = list(stream)
-        ranges = _slot_converter(stream).slot_ranges
-        assert stream.stats.transfer_route == "cpu"
+    with recorded_slots() as ranges, fastbridge.stream([_batch(0)], backend="ring") as s:
+        (batch,) = list(s)
+        assert s.stats.transfer_route == "cpu"
     pointer = batch["f32"].unsafe_buffer_pointer()
     assert any(a <= pointer < a + n for a, n in ranges.items())
 
@@ -184,7 +179,7 @@ def test_with_a_sharding_there_is_one_transfer_per_device(backend, monkeypatch):
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     batches = [{"x": _batch(i)["f32"], "y": _batch(i)["u8"]} for i in range(5)]
     with fastbridge.stream(batches, backend=backend, sharding=sharding) as stream:
-        converter = _slot_converter(stream)
+        converter = internals(stream).converter
         held = list(stream)
     assert converter.transfers.completed == (len(batches) - (SPLIT_AFTER - 1)) * len(devices)
     for want, got in zip(batches, held, strict=True):
@@ -202,7 +197,7 @@ def test_a_replicated_leaf_reaches_every_device_in_that_devices_transfer(monkeyp
     sharding = NamedSharding(mesh, PartitionSpec())
     with fastbridge.stream([_batch(3)] * SPLIT_AFTER, backend="ring", sharding=sharding) as s:
         *_, batch = list(s)
-        assert _slot_converter(s).transfers.completed == 4  # the repeated layout's batch
+        assert internals(s).converter.transfers.completed == 4  # the repeated layout's batch
     _assert_bitwise(batch, 3)
     assert len(batch["f32"].addressable_shards) == 4
 
@@ -277,7 +272,7 @@ def test_closing_mid_stream_leaves_no_transfer_in_flight(backend, monkeypatch):
 
     for taken in range(0, 12, 3):
         stream = fastbridge.stream(endless(), backend=backend, prefetch=4)
-        converter = _slot_converter(stream)
+        converter = internals(stream).converter
         for _ in range(taken):
             next(stream)
         stream.close()

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from fastbridge import _core, stream
-
-
-def _slot_of(pointer: int, ranges: dict[int, int]) -> int | None:
-    for start, size in ranges.items():
-        if start <= pointer < start + size:
-            return start
-    return None
+from fastbridge._testing import recorded_slots
+from fastbridge._testing import slot_of as _slot_of
 
 
 def test_core_leaf_aliases_its_slot():
@@ -65,8 +60,7 @@ def test_capsules_follow_the_dlpack_protocol():
 def test_ring_stream_aliases_slots_and_recycles_them():
     batch = np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)
     ds = tf.data.Dataset.from_tensors(batch).repeat(40)
-    with stream(ds, backend="ring", prefetch=2) as batches:
-        ranges = batches._pipeline.backend.converter.slot_ranges
+    with recorded_slots() as ranges, stream(ds, backend="ring", prefetch=2) as batches:
         used = []
         for b in batches:
             pointer = b.unsafe_buffer_pointer()
@@ -85,8 +79,7 @@ def test_ring_stream_aliases_slots_and_recycles_them():
 
 def test_numpy_ring_aliases_its_slots_too():
     batch = np.ones((32, 32), np.float32)
-    with stream([batch] * 10, backend="numpy", prefetch=2) as batches:
-        ranges = batches._pipeline.backend.converter.slot_ranges
+    with recorded_slots() as ranges, stream([batch] * 10, backend="numpy", prefetch=2) as batches:
         pointers = [b.unsafe_buffer_pointer() for b in batches]
     assert all(_slot_of(p, ranges) is not None for p in pointers)
 
@@ -113,8 +106,7 @@ def test_direct_narrows_64_bit_leaves_into_recycled_slots():
         "image": rng.integers(0, 256, (64, 512), dtype=np.uint8),
     }
     ds = tf.data.Dataset.from_tensors(batch).repeat(30)
-    with stream(ds, backend="direct", prefetch=2) as batches:
-        ranges = batches._pipeline.backend.converter.slot_ranges
+    with recorded_slots() as ranges, stream(ds, backend="direct", prefetch=2) as batches:
         used = []
         for b in batches:
             assert (b["ids"].dtype, b["price"].dtype, b["image"].dtype) == (

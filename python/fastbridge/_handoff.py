@@ -70,8 +70,6 @@ class Converter:
         self._split_layouts: set[Any] = set()
         self.acquire_seconds = 0.0
         """Producer time spent waiting for a free slot (the consumer held them all)."""
-        self.slot_ranges: dict[int, int] = {}
-        """Address and size of every slot used (tests check that arrays alias them)."""
 
     @property
     def flatten(self) -> Flattener:
@@ -153,7 +151,6 @@ class Converter:
         started = time.perf_counter()
         slot = self.pool.acquire(nbytes)
         self.acquire_seconds += time.perf_counter() - started
-        self.slot_ranges[slot.address] = slot.capacity
         return slot
 
     def _put_views(self, plan: Plan, exports: list[Any], out: list[Any]) -> None:
