@@ -30,8 +30,9 @@ BackendName = Literal["auto", "ring", "numpy", "direct", "copy"]
 BACKENDS: tuple[BackendName, ...] = ("auto", "ring", "numpy", "direct", "copy")
 
 
-class Backend:
-    """One backend: a ready queue, a converter, and slots where it copies into slots.
+class Engine:
+    """What one backend runs on: a ready queue, a converter, and slots where it copies into
+    slots (one per producer run; ``backend`` names, elsewhere, are the ``backend=`` strings).
 
     ``prepare(item, index)`` runs on the producer thread and returns ``(payload, nbytes)``;
     ``deliver(payload)`` runs on the consumer and returns the batch. ``pool`` is the slot pool
@@ -102,7 +103,7 @@ class Backend:
                 self.pool.close()
 
 
-class CopyBackend(Backend):
+class CopyEngine(Engine):
     """``copy``: the producer only reads; ``jnp.array`` of every leaf runs on the consumer."""
 
     def prepare(self, item: Any, index: int) -> tuple[Any, int]:
@@ -148,16 +149,16 @@ def choose(name: BackendName, device: jax.Device, facts: PipelineFacts | None) -
     return name
 
 
-def make_backend(
+def make_engine(
     name: BackendName, placement: Placement, flatten: Flattener, options: StreamOptions
-) -> Backend:
+) -> Engine:
     """The backend ``name`` (already resolved from ``auto`` by :func:`choose`)."""
     from ._numpy_ring import NumpyLayout, NumpyQueue, NumpySlotPool
 
     core: Any = _core if name != "numpy" else None  # the NumPy twins when None
     queue: Any = core.ReadyQueue(options.prefetch) if core else NumpyQueue(options.prefetch)
     if name == "copy":
-        return CopyBackend(name, queue, None, CopyConverter(placement, flatten))
+        return CopyEngine(name, queue, None, CopyConverter(placement, flatten))
     if name not in ("ring", "numpy", "direct"):
         raise ValueError(f"unknown backend {name!r}")
     platform = placement.device.platform
@@ -202,6 +203,6 @@ def make_backend(
     depth = min(options.prefetch, options.slots_or_default - 1)
     converter = Converter(planner, pool, route if pool is not None else "cpu", depth=depth)
     numpy_items = name != "direct"
-    return Backend(
+    return Engine(
         name, queue, pool, converter, numpy_items=numpy_items, route=route if pool else None
     )

@@ -1,7 +1,8 @@
 """One run of a stream's producer, and the registry that closes every run at exit.
 
 A :class:`Pipeline` is everything one producer run owns, from one starting position: its
-``Reader``, backend, tf.data log and padder, and the position of the last batch delivered.
+``Reader`` (with the tf.data log and padder), its engine (the backend's queue, converter and
+slots), and the position of the last batch delivered.
 The producer thread references the pipeline, never the ``Stream``, so an abandoned stream can
 be garbage-collected (which closes it); ``Stream.set_state()`` replaces the pipeline in one
 store.
@@ -28,13 +29,13 @@ JOIN_SECONDS = 1.0
 
 class Pipeline:
     """One run of the producer, from the reader's starting position: its reader (with the
-    tf.data log and padder) and backend. The thread references this, never the ``Stream``, so
+    tf.data log and padder) and engine. The thread references this, never the ``Stream``, so
     an abandoned stream can be garbage-collected (which closes it); ``set_state()`` replaces
     it in one store."""
 
-    def __init__(self, reader: Reader, backend: _backends.Backend, x64: bool) -> None:
+    def __init__(self, reader: Reader, engine: _backends.Engine, x64: bool) -> None:
         self.reader = reader
-        self.backend = backend
+        self.engine = engine
         self.log = reader.log
         self.padder = reader.padder
         self.first = reader.start.batches  # where this run started
@@ -59,7 +60,7 @@ class Pipeline:
             return (kind, item, 0, None)
         assert position is not None
         try:
-            payload, nbytes = self.backend.prepare(item, position.batches - 1)
+            payload, nbytes = self.engine.prepare(item, position.batches - 1)
         except Exception as error:  # e.g. a leaf that does not fit: the stream ends here
             return (ERROR, error, 0, None)
         finally:
@@ -69,7 +70,7 @@ class Pipeline:
     def produce(self) -> None:
         # JAX's x64 switch can be thread-local (``with jax.enable_x64():``); the producer
         # imports arrays, so it must see the consumer's setting from when the stream was made.
-        queue = self.backend.queue
+        queue = self.engine.queue
         with jax.enable_x64(self.x64):
             try:
                 while not self.closed.is_set():
@@ -93,7 +94,7 @@ class Pipeline:
         if os.getpid() != self.pid:
             # A forked child: the producer thread and any lock it held stayed in the parent.
             return
-        self.backend.close()
+        self.engine.close()
         # The producer may be inside the source's own next() (e.g. a slow tf.data map);
         # it notices the close as soon as that returns. Do not hang the caller on it.
         self._join(join)

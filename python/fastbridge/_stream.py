@@ -1,9 +1,11 @@
 """``stream()``: batches from a host-side source delivered as pytrees of ``jax.Array``.
 
-A :class:`Stream` composes the pieces, each in its own module: the validated options
-(``_options``), the producer's :class:`~fastbridge._position.Reader` (the only code that reads
-the source, and the one owner of positions), a backend from ``_backends`` (its queue, converter
-and slots) and, for ``checkpoint=True``, the tf.data log that saves read-ahead batches.
+A :class:`Stream` composes the pieces, each in its own module, in this order: the validated
+options (``_options``), the device, the :class:`~fastbridge._sources.Source` (the one place
+that knows what kind of source it reads), the backend chosen for both (``_backends``), and a
+:class:`~fastbridge._pipeline.Pipeline`: the producer run, made of the source's
+:class:`~fastbridge._position.Reader` (the only code that reads the source, and the one owner
+of positions) and the backend's engine (its queue, converter and slots).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 import jax
 
-from ._backends import choose, make_backend
+from ._backends import choose, make_engine
 from ._leaves import Flattener
 from ._multihost import agree_on_batches, process_count, process_index
 from ._native import available as core_available
@@ -105,7 +107,7 @@ class Stream(Iterator[T], Generic[T]):
         source there, so a state the source refuses raises here (``ValueError``)."""
         options = self._options
         flatten = Flattener(x64=self._x64, dtypes=options.dtypes, padded=options.pad_last)
-        backend = make_backend(self._backend_name, self._placement, flatten, options)
+        engine = make_engine(self._backend_name, self._placement, flatten, options)
         padder = None
         if options.pad_last:
             # A resume that starts at the short last batch must still pad it to full size: the
@@ -116,12 +118,12 @@ class Stream(Iterator[T], Generic[T]):
             padder = Padder(batch_size)
         try:
             reader = self._source.open(
-                saved, numpy_items=backend.numpy_items, limit=self._limit, padder=padder
+                saved, numpy_items=engine.numpy_items, limit=self._limit, padder=padder
             )
         except BaseException:
-            backend.close()
+            engine.close()
             raise
-        return Pipeline(reader, backend, self._x64)
+        return Pipeline(reader, engine, self._x64)
 
     def _start(self) -> None:
         """Start the producer of ``self._pipeline`` and make the stream's finalizer close it."""
@@ -168,7 +170,7 @@ class Stream(Iterator[T], Generic[T]):
             release_host_arrays()
             started = time.perf_counter()
             try:
-                pipeline.backend.queue.pop_into(inflight)
+                pipeline.engine.queue.pop_into(inflight)
                 break
             except StreamClosedError:
                 if self._pipeline is not pipeline and not self._closed:
@@ -185,7 +187,7 @@ class Stream(Iterator[T], Generic[T]):
                 raise StopIteration
             raise payload
         try:
-            batch = pipeline.backend.deliver(payload)
+            batch = pipeline.engine.deliver(payload)
         except Exception:  # copy's conversion failed (e.g. a leaf that does not fit): the end
             del inflight[0]
             self._finish()
@@ -338,18 +340,18 @@ class Stream(Iterator[T], Generic[T]):
 
     def _stats(self, delivered: int) -> StreamStats:
         pipeline = self._pipeline
-        backend = pipeline.backend
-        pool = backend.pool_stats()
+        engine = pipeline.engine
+        pool = engine.pool_stats()
         slots = pool.get("slots", 0)
         pool_bytes = pool.get("pool_bytes", 0)
-        copied = self._bytes if backend.consumer_copies() else pool.get("bytes_copied", 0)
+        copied = self._bytes if engine.consumer_copies() else pool.get("bytes_copied", 0)
         return StreamStats(
             backend=self._backend_name,
             batches=self._delivered_before + delivered - pipeline.first,
             bytes=self._bytes,
             wait_seconds=self._wait,
             producer_busy_seconds=max(
-                0.0, pipeline.source_seconds + pipeline.convert_seconds - backend.acquire_seconds
+                0.0, pipeline.source_seconds + pipeline.convert_seconds - engine.acquire_seconds
             ),
             bytes_copied=copied,
             pinned=pool_bytes > 0
@@ -361,7 +363,7 @@ class Stream(Iterator[T], Generic[T]):
             slots=slots,
             pool_bytes=pool_bytes,
             pool_grown=pool.get("pool_grown", 0),
-            transfer_route=backend.route,
+            transfer_route=engine.route,
             elapsed_seconds=time.perf_counter() - self._started,
         )
 

@@ -40,8 +40,8 @@ class Internals:
 
 def internals(stream: Stream[Any]) -> Internals:
     pipeline = stream._pipeline
-    backend = pipeline.backend
-    return Internals(backend.pool, backend.queue, backend.converter, pipeline.thread)
+    engine = pipeline.engine
+    return Internals(engine.pool, engine.queue, engine.converter, pipeline.thread)
 
 
 @contextlib.contextmanager
