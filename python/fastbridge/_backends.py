@@ -82,6 +82,28 @@ class Engine:
             stats["dma_mapped_slots"] = len(slots.dma_maps)
         return stats
 
+    def stats(self, delivered_bytes: int) -> dict[str, Any]:
+        """The ``StreamStats`` fields the engine owns: its slots, what it copied and how slot
+        memory reaches the device (``delivered_bytes``: what the consumer received)."""
+        pool = self.pool_stats()
+        slots = pool.get("slots", 0)
+        pool_bytes = pool.get("pool_bytes", 0)
+        pinned = pool_bytes > 0 and (
+            pool.get("locked_bytes", 0) >= pool_bytes
+            or pool.get("cuda_slots", 0) >= slots
+            or pool.get("dma_mapped_slots", 0) >= slots
+        )
+        return {
+            "bytes_copied": delivered_bytes
+            if self.consumer_copies()
+            else pool.get("bytes_copied", 0),
+            "pinned": pinned,
+            "slots": slots,
+            "pool_bytes": pool_bytes,
+            "pool_grown": pool.get("pool_grown", 0),
+            "transfer_route": self.route,
+        }
+
     def _slot_converter(self) -> Converter | None:
         """The converter that fills this backend's slots (``None`` for ``copy``)."""
         return self.converter if isinstance(self.converter, Converter) else None

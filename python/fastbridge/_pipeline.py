@@ -49,6 +49,12 @@ class Pipeline:
         self.convert_seconds = 0.0
         self.pid = os.getpid()
 
+    @property
+    def busy_seconds(self) -> float:
+        """Producer time spent reading and converting, not waiting for a free slot."""
+        busy = self.source_seconds + self.convert_seconds - self.engine.acquire_seconds
+        return max(0.0, busy)
+
     def step(self) -> tuple[int, Any, int, Position | None]:
         """Read and prepare one batch: ``(kind, payload, nbytes, position)`` where ``kind`` is
         ``BATCH``, ``END`` or ``ERROR`` (then ``payload`` is the exception)."""

@@ -339,32 +339,17 @@ class Stream(Iterator[T], Generic[T]):
         return self._stats(self._pipeline.cursor.batches)
 
     def _stats(self, delivered: int) -> StreamStats:
+        # The stream owns what the consumer saw, the run its producer's time, the engine its
+        # slots and copies.
         pipeline = self._pipeline
-        engine = pipeline.engine
-        pool = engine.pool_stats()
-        slots = pool.get("slots", 0)
-        pool_bytes = pool.get("pool_bytes", 0)
-        copied = self._bytes if engine.consumer_copies() else pool.get("bytes_copied", 0)
         return StreamStats(
             backend=self._backend_name,
             batches=self._delivered_before + delivered - pipeline.first,
             bytes=self._bytes,
             wait_seconds=self._wait,
-            producer_busy_seconds=max(
-                0.0, pipeline.source_seconds + pipeline.convert_seconds - engine.acquire_seconds
-            ),
-            bytes_copied=copied,
-            pinned=pool_bytes > 0
-            and (
-                pool.get("locked_bytes", 0) >= pool_bytes
-                or pool.get("cuda_slots", 0) >= slots
-                or pool.get("dma_mapped_slots", 0) >= slots
-            ),
-            slots=slots,
-            pool_bytes=pool_bytes,
-            pool_grown=pool.get("pool_grown", 0),
-            transfer_route=engine.route,
+            producer_busy_seconds=pipeline.busy_seconds,
             elapsed_seconds=time.perf_counter() - self._started,
+            **pipeline.engine.stats(self._bytes),
         )
 
     def summary(self) -> str:
