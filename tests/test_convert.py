@@ -491,5 +491,6 @@ def test_docstring_examples_run(monkeypatch):
     # The docstrings live in the package's modules; testmod(convert) sees only its own.
     names = [info.name for info in pkgutil.iter_modules(convert.__path__)]
     modules = [convert, *(importlib.import_module(f"{convert.__name__}.{n}") for n in names)]
+    modules.append(importlib.import_module("fastbridge._npy"))  # the codec they write with
     results = [doctest.testmod(module, verbose=False) for module in modules]
     assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) >= 15

@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ._leaves import host_view
-from .convert._npy import (
+from ._npy import (
     dtype_named,
     from_npy_bytes,
     is_ml_dtype,

@@ -12,9 +12,9 @@ TensorFlow is imported lazily: :func:`to_numpy` also accepts any iterable of Num
 
 Modules, one idea each: ``_to_numpy`` (the function and its source checks), ``_writer`` (the
 per-leaf checks and converting copy), ``_storage`` (RAM and file storage that grows in place),
-``_directory`` (the ``memmap=`` directory, its manifest, and ``load_memmap``), ``_npy`` (the
-``.npy`` codec, ml_dtypes included, which saved stream states use too), ``_from_numpy``,
-``_map_numpy``, and ``_tensors`` (NumPy values meeting TensorFlow).
+``_directory`` (the ``memmap=`` directory, its manifest, and ``load_memmap``), ``_from_numpy``,
+``_map_numpy``, and ``_tensors`` (NumPy values meeting TensorFlow). The ``.npy`` codec they
+write and read with, ml_dtypes included, is ``fastbridge._npy``: saved stream states use it too.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from .._npy import dtype_named, load_npy
 from ..errors import MemmapPathError
-from ._npy import dtype_named, load_npy
 
 MANIFEST = "manifest.json"
 FORMAT = "fastbridge.to_numpy"

@@ -4,6 +4,7 @@ them into TensorFlow or embedding them in the graph."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -31,15 +32,10 @@ def from_numpy(
     """A ``tf.data.Dataset`` over the rows of NumPy or ``np.memmap`` arrays (a pytree).
 
     Unlike ``from_tensor_slices``, the arrays are neither copied into TensorFlow nor embedded
-    in the graph as constants: the dataset is ``Dataset.range(n)`` batched into index chunks,
-    and a ``tf.numpy_function`` gathers the rows of each chunk from the arrays, so start-up is
-    instant, memory holds only the batches in flight (a memmap is read lazily from disk) and
-    there is no 2 GB graph limit. Static shapes and dtypes are set on every output, and the
-    dataset can be iterated inside ``tf.function``.
-
-    The dataset keeps a reference to ``arrays`` and reads them as it goes: later writes to the
-    arrays are visible. Because of the Python function it cannot be serialized (SavedModel,
-    tf.data service, ``Dataset.save`` of the graph).
+    in the graph: a ``tf.numpy_function`` gathers the rows of each batch of indices from them,
+    so start-up is instant, a memmap is read lazily and there is no 2 GB graph limit. Outputs
+    have static shapes and dtypes. The dataset reads the arrays as it goes (later writes are
+    visible) and cannot be serialized; ``docs/conversions.md`` says more.
 
     Args:
         arrays: a pytree (dict, tuple, list, ...) of arrays with the same length along axis 0.
@@ -62,6 +58,33 @@ def from_numpy(
     """
     import tensorflow as tf
 
+    _check_arguments(arrays, batch_size, seed)
+    paths, leaves, treedef = _row_arrays(arrays)
+    n = _common_rows(paths, leaves)
+    gather = _gatherer(leaves, ordered=not shuffle)
+    tf_dtypes = [tf_dtype(a) for a in leaves]
+    lead = batch_size if (batch_size is not None and drop_remainder) else None
+
+    def fetch(idx: Any) -> Any:
+        outs = tf.numpy_function(gather, [idx], tf_dtypes, stateful=False, name=FROM_NUMPY_OP)
+        for out, arr in zip(outs, leaves, strict=True):
+            out.set_shape((lead, *arr.shape[1:]))
+        return jax.tree_util.tree_unflatten(treedef, outs)
+
+    index = _row_indices(n, shuffle, seed)
+    index = index.batch(
+        _chunk_rows(leaves, batch_size, n), drop_remainder=bool(batch_size and drop_remainder)
+    )
+    ds = index.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if batch_size is None:
+        ds = ds.unbatch()
+        count = n
+    else:
+        count = n // batch_size if drop_remainder else -(-n // batch_size)
+    return ds.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def _check_arguments(arrays: Any, batch_size: Any, seed: Any) -> None:
     if is_dataset(arrays):
         raise TypeError("arrays is already a tf.data.Dataset; from_numpy takes NumPy arrays")
     if batch_size is not None and (
@@ -72,6 +95,10 @@ def from_numpy(
         raise ValueError(f"batch_size must be a positive int or None, not {batch_size}")
     if seed is not None and not isinstance(seed, int | np.integer):
         raise TypeError(f"seed must be an int or None, not {seed!r}")
+
+
+def _row_arrays(arrays: Any) -> tuple[list[str], list[np.ndarray], Any]:
+    """The leaves of ``arrays`` as NumPy arrays with a leading axis, their names and treedef."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(arrays)
     if not pairs:
         raise ConversionError("arrays holds no arrays")
@@ -91,53 +118,57 @@ def from_numpy(
         if arr.dtype.kind == "O" and not is_string_array(arr):
             raise object_leaf_error(name, arr, f"leaf {name} of arrays")
         leaves.append(arr)
-    n = leaves[0].shape[0]
+    return paths, leaves, treedef
+
+
+def _common_rows(paths: list[str], leaves: list[np.ndarray]) -> int:
+    """The length of axis 0, which every leaf must share."""
+    n: int = leaves[0].shape[0]
     for name, arr in zip(paths, leaves, strict=True):
         if arr.shape[0] != n:
             raise ConversionError(
                 f"leaf {name} of arrays has {arr.shape[0]} rows but leaf {paths[0]} has {n}; "
                 "every leaf needs the same leading dimension"
             )
-    tf_dtypes = [tf_dtype(a) for a in leaves]
+    return n
 
+
+def _chunk_rows(leaves: list[np.ndarray], batch_size: int | None, n: int) -> int:
+    """Rows gathered per call: a batch, or without ``batch_size`` about 1 MiB (at most 1024)."""
     row_bytes = sum(a.dtype.itemsize * math.prod(a.shape[1:]) for a in leaves)
     chunk = batch_size or max(1, min(1024, (1 << 20) // max(1, row_bytes)))
-    chunk = min(chunk, max(n, 1))
-    ordered = not shuffle
+    return min(chunk, max(n, 1))
+
+
+def _gatherer(leaves: list[np.ndarray], ordered: bool) -> Callable[[np.ndarray], list[Any]]:
+    """The function ``tf.numpy_function`` calls with a chunk of row indices."""
 
     def gather(idx: np.ndarray) -> list[np.ndarray]:
-        if idx.size and ordered:
+        if idx.size and ordered:  # in order, a chunk is a contiguous range of rows
             start, stop = int(idx[0]), int(idx[-1]) + 1
             return [_copy_rows(a, start, stop) for a in leaves]
         return [encode(np.asarray(a[idx])) for a in leaves]
 
-    def fetch(idx: Any) -> Any:
-        outs = tf.numpy_function(gather, [idx], tf_dtypes, stateful=False, name=FROM_NUMPY_OP)
-        lead = batch_size if (batch_size is not None and drop_remainder) else None
-        for out, arr in zip(outs, leaves, strict=True):
-            out.set_shape((lead, *arr.shape[1:]))
-        return jax.tree_util.tree_unflatten(treedef, outs)
+    return gather
 
-    if shuffle:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
 
-        def permuted(key: Any) -> Any:
-            seed_pair = tf.stack([key, tf.constant(0x5EED, tf.int64)])
-            return tf.data.Dataset.range(n).map(
-                lambda i: tf.random.experimental.index_shuffle(i, seed_pair, n - 1)
-            )
+def _row_indices(n: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    """``0..n-1`` in order, or in a new stateless permutation every epoch."""
+    import tensorflow as tf
 
-        index = seeds.flat_map(permuted) if n else tf.data.Dataset.range(0)
-    else:
-        index = tf.data.Dataset.range(n)
-    index = index.batch(chunk, drop_remainder=bool(batch_size and drop_remainder))
-    ds = index.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if batch_size is None:
-        ds = ds.unbatch()
-        count = n
-    else:
-        count = n // batch_size if drop_remainder else -(-n // batch_size)
-    return ds.apply(tf.data.experimental.assert_cardinality(count))
+    if not shuffle:
+        return tf.data.Dataset.range(n)
+    if not n:
+        return tf.data.Dataset.range(0)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+
+    def permuted(key: Any) -> Any:
+        seed_pair = tf.stack([key, tf.constant(0x5EED, tf.int64)])
+        return tf.data.Dataset.range(n).map(
+            lambda i: tf.random.experimental.index_shuffle(i, seed_pair, n - 1)
+        )
+
+    return seeds.flat_map(permuted)
 
 
 def _copy_rows(arr: np.ndarray, start: int, stop: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._npy import NPY_HEADER_BYTES, load_npy, npy_header
+from .._npy import NPY_HEADER_BYTES, load_npy, npy_header
 
 PAGE = mmap.PAGESIZE
 

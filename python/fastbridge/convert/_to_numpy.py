@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -30,31 +31,13 @@ def to_numpy(
 
     The structure of the elements is kept (a dataset of ``{"image", "label"}`` dicts gives a
     dict of two arrays). Each element or batch is copied once, straight into its place in the
-    output, by the Rust core with the GIL released; nothing else holds a second copy, so peak
-    memory stays close to the size of the result.
-
-    **Stacking or concatenating.** An *unbatched* dataset is stacked: ``out[i]`` is element
-    ``i`` and the result equals ``np.stack(list(ds.as_numpy_iterator()))`` leaf by leaf. A
-    *batched* dataset is concatenated along axis 0: the result equals
-    ``np.concatenate(list(ds.as_numpy_iterator()))``. With ``batched=None`` (the default) a
-    ``tf.data.Dataset`` counts as batched when every leaf of its ``element_spec`` has an unknown
-    leading dimension (what ``ds.batch(n)`` produces); anything else, including
-    ``batch(n, drop_remainder=True)`` (static leading dimension) and plain Python iterables,
-    is stacked. Pass ``batched=True`` or ``False`` to choose explicitly.
-
-    **Speed.** Unbatched tf.data datasets whose elements have fixed shapes are batched inside
-    tf.data (about 4 MiB at a time) before the copy; the result is the same.
-
-    **Size.** When ``ds.cardinality()`` is known the output is allocated once (for a batched
-    dataset: batches x rows of the first batch, trimmed at the end). Otherwise it grows in
-    place by doubling: in RAM it lives in an anonymous memory map enlarged with ``mremap``
-    (pages are never copied; untouched pages cost no memory), on disk the files are extended
-    and remapped. Datasets of infinite cardinality raise :class:`ConversionError`.
-
-    In-RAM results are page-aligned, so ``jax.device_put`` can alias them on CPU.
+    output, by the Rust core with the GIL released, so peak memory stays close to the size of
+    the result. How the output is sized and grown, and when a dataset counts as batched, is
+    described in ``docs/conversions.md``.
 
     Args:
-        ds: a ``tf.data.Dataset``, or any iterable of pytrees of NumPy arrays.
+        ds: a ``tf.data.Dataset``, or any iterable of pytrees of NumPy arrays. Datasets of
+            infinite cardinality raise :class:`ConversionError`.
         memmap: a directory to write the arrays to instead of RAM (for results larger than
             memory). It is created if missing and must be empty (or hold an earlier result of
             ``to_numpy``, which is replaced). It receives one ``.npy`` file per leaf and a
@@ -62,15 +45,18 @@ def to_numpy(
             opened ``r+``; ``np.load(file, mmap_mode="r")`` reopens each file with NumPy alone.
         dtype: convert during the copy. ``None`` keeps every dtype; a single dtype applies to
             every leaf; a pytree (e.g. ``{"image": np.float32}``) converts only the leaves it
-            names (``None`` or a missing key keeps the leaf). float64→float32, int64→int32,
-            uint64→uint32 and complex128→complex64 run in the core; other ``same_kind`` casts
-            run in NumPy. Integers are never wrapped: a value that does not fit raises
+            names (``None`` or a missing key keeps the leaf). Only ``same_kind`` casts are
+            allowed, and integers are never wrapped: a value that does not fit raises
             :class:`~fastbridge.LeafOverflowError`.
         progress: show a ``tqdm`` progress bar (needs ``tqdm``).
-        batched: see above; ``None`` decides from the ``element_spec``.
+        batched: ``True`` concatenates the elements along axis 0 (they are batches), ``False``
+            stacks them (``out[i]`` is element ``i``). ``None`` counts a ``tf.data.Dataset`` as
+            batched when every leaf of its ``element_spec`` has an unknown leading dimension
+            (what ``ds.batch(n)`` produces), and stacks anything else.
 
     Returns:
-        The pytree of arrays (``np.ndarray``, or ``np.memmap`` with ``memmap=``).
+        The pytree of arrays (``np.ndarray``, or ``np.memmap`` with ``memmap=``). In-RAM
+        results are page-aligned, so ``jax.device_put`` can alias them on CPU.
 
     Example:
         >>> import numpy as np, tensorflow as tf
@@ -84,48 +70,73 @@ def to_numpy(
     _check_source(ds)
     if batched is not None and not isinstance(batched, bool):
         raise TypeError(f"batched must be True, False or None, not {batched!r}")
-    tf_dataset = is_dataset(ds)
-    specs: list[tuple[str, Any]] | None = None
-    count: int | None = None
-    if tf_dataset:
-        specs = spec_leaves(ds.element_spec)  # type: ignore[union-attr]
-        if batched is None:
-            batched = bool(specs) and all(
-                s.shape.rank is not None and s.shape.rank >= 1 and s.shape[0] is None
-                for _, s in specs
-            )
-        count = cardinality(ds)
-        if count is None and is_infinite(ds):
-            raise ConversionError(
-                "ds has infinite cardinality (it repeats forever); limit it first, e.g. "
-                "ds.take(n), before to_numpy"
-            )
-        rows = _stacking_batch(specs) if not batched else 0
-        if rows > 1:
-            # Stacking elements one by one costs a Python round trip each; tf.data's own batch
-            # assembles them in C++, and concatenating those batches stacks the same rows.
-            ds = ds.batch(rows)  # type: ignore[union-attr]
-            specs = spec_leaves(ds.element_spec)
-            batched = True
-            count = None if count is None else -(-count // rows)
+    if is_dataset(ds):
+        source = _dataset_source(ds, batched)
     else:
-        batched = bool(batched)
-        if hasattr(ds, "__len__"):
-            try:
-                count = len(ds)  # type: ignore[arg-type]
-            except TypeError:
-                count = None
+        source = _iterable_source(ds, bool(batched))
     directory = prepare_directory(memmap) if memmap is not None else None
-    writer = Writer(directory, dtype, batched, count)
-    bar = _progress_bar(progress, count, batched)
-    iterator = ds.as_numpy_iterator() if tf_dataset else iter(ds)  # type: ignore[union-attr]
+    return _fill(Writer(directory, dtype, source.batched, source.count), source, progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What ``to_numpy`` reads, and what it knows about it before reading."""
+
+    ds: Any  # the dataset (perhaps batched for speed, see _dataset_source) or the iterable
+    tf_dataset: bool
+    batched: bool  # whether each element is a batch, concatenated rather than stacked
+    count: int | None  # how many elements, when known
+    specs: list[tuple[str, Any]] | None  # a dataset's element_spec leaves
+
+
+def _dataset_source(ds: tf.data.Dataset, batched: bool | None) -> _Source:
+    """A dataset as a source: ``batched=None`` decided from its ``element_spec``, and unbatched
+    elements of fixed shape batched inside tf.data (concatenating those batches stacks them)."""
+    specs = spec_leaves(ds.element_spec)
+    if batched is None:
+        batched = bool(specs) and all(
+            s.shape.rank is not None and s.shape.rank >= 1 and s.shape[0] is None for _, s in specs
+        )
+    count = cardinality(ds)
+    if count is None and is_infinite(ds):
+        raise ConversionError(
+            "ds has infinite cardinality (it repeats forever); limit it first, e.g. "
+            "ds.take(n), before to_numpy"
+        )
+    rows = _stacking_batch(specs) if not batched else 0
+    if rows > 1:
+        # Stacking elements one by one costs a Python round trip each; tf.data's own batch
+        # assembles them in C++, and concatenating those batches stacks the same rows.
+        ds = ds.batch(rows)
+        specs = spec_leaves(ds.element_spec)
+        batched = True
+        count = None if count is None else -(-count // rows)
+    return _Source(ds, True, batched, count, specs)
+
+
+def _iterable_source(ds: Iterable[Any], batched: bool) -> _Source:
+    """Any other iterable as a source: its length, when it has one, sizes the output."""
+    count: int | None = None
+    if hasattr(ds, "__len__"):
+        try:
+            count = len(ds)  # type: ignore[arg-type]
+        except TypeError:
+            count = None
+    return _Source(ds, False, batched, count, None)
+
+
+def _fill(writer: Writer, source: _Source, progress: bool) -> Any:
+    """Give every element of ``source`` to ``writer`` and return its result; on any error the
+    writer lets go of what it wrote."""
+    bar = _progress_bar(progress, source.count, source.batched)
+    iterator = source.ds.as_numpy_iterator() if source.tf_dataset else iter(source.ds)
     try:
         for index, element in enumerate(iterator):
             writer.add(element, index)
             if bar is not None:
                 bar.update(1)
         if writer.treedef is None:
-            writer.start_empty(ds, specs)
+            writer.start_empty(source.ds, source.specs)
         return writer.finish()
     except BaseException:
         writer.abort()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from .errors import ConversionError
 
 NPY_HEADER_BYTES = 4096
 """Size of the header of every file :func:`npy_header` writes: a fixed size lets the header be
