@@ -32,7 +32,7 @@ Scenario = tuple[Callable[[Run], int], Callable[[Run], None]]
 def _check(args: argparse.Namespace) -> list[str]:
     """The scenarios wanted; exits with a message on an unknown scenario, layout or size."""
     from . import report
-    from . import scenarios as sc
+    from .batches import LAYOUTS
 
     wanted = split(args.scenarios)
     for name in wanted:
@@ -43,8 +43,8 @@ def _check(args: argparse.Namespace) -> list[str]:
             report.parse_size(text)
     layouts = split(args.layouts) + split(args.throughput_layouts) + split(args.sharded_layouts)
     for layout in layouts:
-        if layout not in sc.LAYOUTS:
-            raise SystemExit(f"unknown layout {layout!r}; choose from {', '.join(sc.LAYOUTS)}")
+        if layout not in LAYOUTS:
+            raise SystemExit(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     return wanted
 
 
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Every chosen scenario; returns the results dictionary (also what results.json holds)."""
     from . import report
     from . import routes as routes_mod
-    from . import scenarios as sc
+    from .batches import tf_module
+    from .resources import peak_rss_bytes
 
     chosen = routes_mod.resolve(args.routes)
     skipped = [why for r in chosen if (why := routes_mod.missing(r)) is not None]
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     import jax
 
-    sc.tf_module()
+    tf_module()
     meta: dict[str, Any] = {
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "argv": argv,
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     finally:
         bench.progress.close()
     meta["seconds"] = time.perf_counter() - started
-    meta["peak_rss_bytes"] = sc.peak_rss_bytes()
+    meta["peak_rss_bytes"] = peak_rss_bytes()
     summary = report.summarize(bench.samples)
     return {
         "meta": meta,
@@ -124,14 +125,15 @@ def _rounds(
     bench: Run, scenario: str, routes: list[Any], case: tuple[str, int, Any, Any], **how: Any
 ) -> None:
     """``args.repeats`` rounds of every route on one case, interleaved: A B C ... A B C."""
-    from . import scenarios as sc
+    from .batches import batch_nbytes
     from .cells import size_label
+    from .loop import measure
 
     layout, size, batch, ds = case
     args = bench.args
     for rep in range(args.repeats):
         for route in routes:
-            m = sc.measure(
+            m = measure(
                 route,
                 ds,
                 batches=args.batches,
@@ -140,7 +142,7 @@ def _rounds(
                 stream_options=bench.stream_options,
                 **how,
             )
-            m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
+            m["gbps"] = batch_nbytes(batch) / m["wall_s"] / 1e9
             m["rss_growth"] = m["rss_end"] - m["rss_start"]
             bench.add(scenario, route, layout, size, rep, **m)
             bench.progress.update(f"{scenario} {layout} {size_label(size)} {route.key}")
@@ -155,18 +157,18 @@ def _handoff_count(bench: Run) -> int:
 def _handoff(bench: Run) -> None:
     import jax
 
-    from . import scenarios as sc
+    from .step import STATE, calibrate_step, time_step
 
     args, meta = bench.args, bench.meta
-    step = sc.calibrate_step(args.step_ms / 1e3)
-    meta.update(step_seconds=step.seconds, step_iterations=step.iterations, step_state=sc.STATE)
+    step = calibrate_step(args.step_ms / 1e3)
+    meta.update(step_seconds=step.seconds, step_iterations=step.iterations, step_state=STATE)
     bench.progress.note(
         f"handoff step: jitted CPU computation measured at {step.seconds * 1e3:.2f} ms "
-        f"({step.iterations} chained {sc.STATE}x{sc.STATE} matmuls)"
+        f"({step.iterations} chained {STATE}x{STATE} matmuls)"
     )
-    for layout, size, batch, ds in _datasets(sc, split(args.layouts), _sizes(args.sizes)):
+    for layout, size, batch, ds in _datasets(split(args.layouts), _sizes(args.sizes)):
         resident = jax.device_put(batch)
-        meta.setdefault("step_seconds_by_case", {})[f"{layout} {size}"] = sc.time_step(
+        meta.setdefault("step_seconds_by_case", {})[f"{layout} {size}"] = time_step(
             step.fn, resident, runs=5
         )
         case = (layout, size, batch, ds)
@@ -182,18 +184,20 @@ def _throughput_count(bench: Run) -> int:
 
 def _throughput(bench: Run) -> None:
     from . import routes as routes_mod
-    from . import scenarios as sc
+    from .batches import batch_nbytes
     from .cells import size_label
+    from .copies import copy_rates
+    from .loop import measure
 
     args = bench.args
     layouts, sizes = split(args.throughput_layouts), _sizes(args.throughput_sizes)
-    for layout, size, batch, ds in _datasets(sc, layouts, sizes):
-        nbytes = sc.batch_nbytes(batch)
+    for layout, size, batch, ds in _datasets(layouts, sizes):
+        nbytes = batch_nbytes(batch)
         # Fewer batches for huge ones: each run moves at most about 2 GiB.
         batches = max(3, min(args.throughput_batches, (2 << 30) // nbytes))
         for rep in range(args.repeats):
             for route in bench.chosen:
-                m = sc.measure(
+                m = measure(
                     route,
                     ds,
                     batches=batches,
@@ -208,7 +212,7 @@ def _throughput(bench: Run) -> None:
                 bench.progress.update(f"throughput {layout} {size_label(size)} {route.key}")
     for size in _sizes(args.copy_sizes):
         copies = max(3, min(20, (1 << 30) // size))
-        rates = sc.copy_rates(size, args.threads, args.repeats, copies)
+        rates = copy_rates(size, args.threads, args.repeats, copies)
         for name, runs in rates.items():
             fake = routes_mod.Route(0, name, name, "copy", lambda ds: iter(()))
             for rep, m in enumerate(runs):
@@ -219,19 +223,20 @@ def _throughput(bench: Run) -> None:
 def _e2e(bench: Run) -> None:
     import jax
 
-    from . import scenarios as sc
+    from .batches import batch_nbytes
+    from .e2e import e2e_dataset, measure_e2e, mlp_step
 
     args = bench.args
-    train, init = sc.mlp_step(args.e2e_hidden, args.e2e_batch)
+    train, init = mlp_step(args.e2e_hidden, args.e2e_batch)
     bench.meta.update(
         e2e_step_seconds=train.seconds, e2e=f"3072-{args.e2e_hidden}-10, batch {args.e2e_batch}"
     )
-    ds = sc.e2e_dataset(records=max(256, 8 * args.e2e_batch), batch=args.e2e_batch)
+    ds = e2e_dataset(records=max(256, 8 * args.e2e_batch), batch=args.e2e_batch)
     resident = jax.device_put(next(ds.as_numpy_iterator()))
-    size = sc.batch_nbytes(resident)
+    size = batch_nbytes(resident)
     for rep in range(args.e2e_repeats):
         for route in bench.chosen:
-            m = sc.measure_e2e(
+            m = measure_e2e(
                 route,
                 ds,
                 steps=args.e2e_steps,
@@ -246,13 +251,14 @@ def _e2e(bench: Run) -> None:
 
 def _memory(bench: Run) -> None:
     from . import report
-    from . import scenarios as sc
+    from .batches import make_batch, repeated_dataset
+    from .loop import measure
 
     args = bench.args
     size = report.parse_size(args.memory_size)
-    ds = sc.repeated_dataset(sc.make_batch("f32", size))
+    ds = repeated_dataset(make_batch("f32", size))
     for route in bench.chosen:
-        m = sc.measure(
+        m = measure(
             route,
             ds,
             batches=args.memory_batches,
@@ -283,7 +289,7 @@ def _sharded_count(bench: Run) -> int:
 def _sharded(bench: Run) -> None:
     import jax
 
-    from . import scenarios as sc
+    from .step import batch_sharding, calibrate_step, sharded_step
 
     args, meta = bench.args, bench.meta
     routes = [r for r in bench.chosen if r.sharded]
@@ -300,8 +306,8 @@ def _sharded(bench: Run) -> None:
         bench.samples += [s for s in child["samples"] if s["scenario"] == "sharded"]
         meta["sharded"] = child["meta"].get("sharded", {})
         return
-    sharding = sc.batch_sharding(args.sharded_devices)
-    step = sc.sharded_step(sc.calibrate_step(args.step_ms / 1e3))
+    sharding = batch_sharding(args.sharded_devices)
+    step = sharded_step(calibrate_step(args.step_ms / 1e3))
     meta["sharded"] = {
         "devices": args.sharded_devices,
         "sharding": str(sharding),
@@ -313,7 +319,7 @@ def _sharded(bench: Run) -> None:
         f"{step.seconds * 1e3:.2f} ms"
     )
     layouts, sizes = split(args.sharded_layouts), _sizes(args.sharded_sizes)
-    for layout, size, batch, ds in _datasets(sc, layouts, sizes):
+    for layout, size, batch, ds in _datasets(layouts, sizes):
         resident = jax.device_put(batch, sharding)
         case = (layout, size, batch, ds)
         _rounds(bench, "sharded", routes, case, step=step, resident=resident, sharding=sharding)
@@ -354,21 +360,23 @@ def _run_sharded_child(args: argparse.Namespace, routes: list[str]) -> dict[str,
     return result
 
 
-def _datasets(sc: Any, layouts: list[str], sizes: list[int]) -> Iterator[tuple[Any, ...]]:
+def _datasets(layouts: list[str], sizes: list[int]) -> Iterator[tuple[Any, ...]]:
+    from .batches import make_batch, repeated_dataset
+
     # One (layout, size) at a time, so at most one size's datasets and slots are alive.
     for size in sizes:
         for layout in layouts:
             gc.collect()  # the previous size's datasets and slots, before allocating the next
-            batch = sc.make_batch(layout, size)
-            yield layout, size, batch, sc.repeated_dataset(batch)
+            batch = make_batch(layout, size)
+            yield layout, size, batch, repeated_dataset(batch)
 
 
 def run_gpu(args: argparse.Namespace, argv: list[str]) -> int:
     """Accelerator mode; exits 0 with a clear message when JAX sees no GPU."""
     from . import report
-    from . import scenarios as sc
+    from .accelerator import gpu_devices, host_to_device
 
-    devices = sc.gpu_devices()
+    devices = gpu_devices()
     if not devices:
         import jax
 
@@ -381,9 +389,7 @@ def run_gpu(args: argparse.Namespace, argv: list[str]) -> int:
     results: dict[str, Any] = {"device": str(devices[0]), "sizes": {}}
     print(f"host-to-device GB/s on {devices[0]}, median of {args.repeats}")
     for size in sizes:
-        rates = sc.host_to_device(
-            devices[0], size, batches=max(3, args.batches), repeats=args.repeats
-        )
+        rates = host_to_device(devices[0], size, batches=max(3, args.batches), repeats=args.repeats)
         results["sizes"][str(size)] = rates
         for name, values in rates.items():
             values = sorted(values)

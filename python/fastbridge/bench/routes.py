@@ -375,6 +375,13 @@ def open_route(
     return route.open(ds)
 
 
+def close_route(iterator: Iterator[Any]) -> None:
+    """Close an iterator of :func:`open_route` (a generator, or a stream and its thread)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 def current_stream(iterator: Iterator[Any]) -> Any:
     """The ``Stream`` behind a fastbridge route's iterator, or ``None`` for other routes."""
     return getattr(iterator, "stream", None)
@@ -404,9 +411,7 @@ def collect(
             if limit is not None and len(out) >= limit:
                 break
     finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        close_route(iterator)
     return out
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import scenarios as sc
+from .batches import ROWS, batch_nbytes
 from .cells import MEMORY_COUNTS, leaves_layout, parse_size, size_label
 from .leaves import WARMUP, batches_per_run, leaf_batch
+from .loop import measure
 from .routes import Route, _StreamIterator
 from .runner import Run, split
 
@@ -84,7 +85,7 @@ def shaped_batches(count: int, distinct: bool) -> list[dict[str, np.ndarray]]:
     out = []
     for k in range(count):
         cols = COLUMNS + (k if distinct else count // 2)
-        out.append({f"leaf{i:02d}": np.full((sc.ROWS, cols), k, np.float32) for i in range(LEAVES)})
+        out.append({f"leaf{i:02d}": np.full((ROWS, cols), k, np.float32) for i in range(LEAVES)})
     return out
 
 
@@ -118,7 +119,7 @@ def transfer_route() -> str | None:
 
 def _measure(bench: Run, route: Route, ds: Any, batches: int, keep: bool) -> dict[str, Any]:
     warmup = max(bench.args.warmup, WARMUP)
-    m = sc.measure(route, ds, batches=batches, warmup=warmup, step=None, keep_times=keep)
+    m = measure(route, ds, batches=batches, warmup=warmup, step=None, keep_times=keep)
     m["batches_per_s"] = 1.0 / m["wall_s"]
     m["rss_growth"] = m["rss_end"] - m["rss_start"]
     return m
@@ -143,7 +144,7 @@ def run(bench: Run) -> None:
     ceilings = []
     for leaves in counts(bench):
         batch = leaf_batch(leaves, LEAF_BYTES)
-        batches = batches_per_run(args.leaves_batches, sc.batch_nbytes(batch))
+        batches = batches_per_run(args.leaves_batches, batch_nbytes(batch))
         ceilings.append((leaves, batches, [batch] * (batches + extra)))
     sync = bench.routes(("device_put",))
     layout = str(LEAVES)
