@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .options import FULL, QUICK, SCENARIOS, build_parser, resolve
-from .runner import Progress, Run, split
+from .progress import Progress
+from .runner import Run, split
 
 __all__ = ["FULL", "QUICK", "SCENARIOS", "Progress", "build_parser", "main", "run", "run_gpu"]
 
