@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from .batches import tf_module
     from .resources import peak_rss_bytes
 
-    chosen = routes_mod.resolve(args.routes)
+    chosen = routes_mod.resolve(args.handoffs)
     skipped = [why for r in chosen if (why := routes_mod.missing(r)) is not None]
     for why in skipped:
         print(why, file=sys.stderr)
@@ -106,7 +106,7 @@ def _scenarios() -> dict[str, Scenario]:
     from . import leaves, shapes
 
     return {
-        "handoff": (_handoff_count, _handoff),
+        "handoff": (_handoff_scenario_count, _handoff_scenario),
         "throughput": (_throughput_count, _throughput),
         "e2e": (lambda b: b.args.e2e_repeats * len(b.chosen), _e2e),
         "memory": (lambda b: len(b.chosen), _memory),
@@ -123,7 +123,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def _rounds(
-    bench: Run, scenario: str, routes: list[Any], case: tuple[str, int, Any, Any], **how: Any
+    bench: Run, scenario: str, handoffs: list[Any], case: tuple[str, int, Any, Any], **how: Any
 ) -> None:
     """``args.repeats`` rounds of every route on one case, interleaved: A B C ... A B C."""
     from .batches import batch_nbytes
@@ -133,9 +133,9 @@ def _rounds(
     layout, size, batch, ds = case
     args = bench.args
     for rep in range(args.repeats):
-        for route in routes:
+        for handoff in handoffs:
             m = measure(
-                route,
+                handoff,
                 ds,
                 batches=args.batches,
                 warmup=args.warmup,
@@ -145,17 +145,17 @@ def _rounds(
             )
             m["gbps"] = batch_nbytes(batch) / m["wall_s"] / 1e9
             m["rss_growth"] = m["rss_end"] - m["rss_start"]
-            bench.add(scenario, route, layout, size, rep, **m)
-            bench.progress.update(f"{scenario} {layout} {size_label(size)} {route.key}")
+            bench.add(scenario, handoff, layout, size, rep, **m)
+            bench.progress.update(f"{scenario} {layout} {size_label(size)} {handoff.key}")
 
 
-def _handoff_count(bench: Run) -> int:
+def _handoff_scenario_count(bench: Run) -> int:
     args = bench.args
     cases = len(_sizes(args.sizes)) * len(split(args.layouts))
     return cases * int(args.repeats) * len(bench.chosen)
 
 
-def _handoff(bench: Run) -> None:
+def _handoff_scenario(bench: Run) -> None:
     import jax
 
     from .step import STATE, calibrate_step, time_step
@@ -197,9 +197,9 @@ def _throughput(bench: Run) -> None:
         # Fewer batches for huge ones: each run moves at most about 2 GiB.
         batches = max(3, min(args.throughput_batches, (2 << 30) // nbytes))
         for rep in range(args.repeats):
-            for route in bench.chosen:
+            for handoff in bench.chosen:
                 m = measure(
-                    route,
+                    handoff,
                     ds,
                     batches=batches,
                     warmup=args.warmup,
@@ -209,8 +209,8 @@ def _throughput(bench: Run) -> None:
                 )
                 m["gbps"] = nbytes / m["wall_s"] / 1e9
                 m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                bench.add("throughput", route, layout, size, rep, **m)
-                bench.progress.update(f"throughput {layout} {size_label(size)} {route.key}")
+                bench.add("throughput", handoff, layout, size, rep, **m)
+                bench.progress.update(f"throughput {layout} {size_label(size)} {handoff.key}")
     for size in _sizes(args.copy_sizes):
         copies = max(3, min(20, (1 << 30) // size))
         rates = copy_rates(size, args.threads, args.repeats, copies)
@@ -236,9 +236,9 @@ def _e2e(bench: Run) -> None:
     resident = jax.device_put(next(ds.as_numpy_iterator()))
     size = batch_nbytes(resident)
     for rep in range(args.e2e_repeats):
-        for route in bench.chosen:
+        for handoff in bench.chosen:
             m = measure_e2e(
-                route,
+                handoff,
                 ds,
                 steps=args.e2e_steps,
                 warmup=args.e2e_warmup,
@@ -246,8 +246,8 @@ def _e2e(bench: Run) -> None:
                 init=init,
                 resident=resident,
             )
-            bench.add("e2e", route, "", size, rep, **m)
-            bench.progress.update(f"e2e {route.key}")
+            bench.add("e2e", handoff, "", size, rep, **m)
+            bench.progress.update(f"e2e {handoff.key}")
 
 
 def _memory(bench: Run) -> None:
@@ -258,9 +258,9 @@ def _memory(bench: Run) -> None:
     args = bench.args
     size = report.parse_size(args.memory_size)
     ds = repeated_dataset(make_batch("f32", size))
-    for route in bench.chosen:
+    for handoff in bench.chosen:
         m = measure(
-            route,
+            handoff,
             ds,
             batches=args.memory_batches,
             warmup=args.warmup,
@@ -269,8 +269,8 @@ def _memory(bench: Run) -> None:
             stream_options=bench.stream_options,
         )
         m["rss_growth"] = m["rss_end"] - m["rss_start"]
-        bench.add("memory", route, "", size, 0, **m)
-        bench.progress.update(f"memory {route.key}")
+        bench.add("memory", handoff, "", size, 0, **m)
+        bench.progress.update(f"memory {handoff.key}")
 
 
 def _sharded_here(bench: Run) -> bool:
@@ -293,7 +293,7 @@ def _sharded(bench: Run) -> None:
     from .step import batch_sharding, calibrate_step, sharded_step
 
     args, meta = bench.args, bench.meta
-    routes = [r for r in bench.chosen if r.sharded]
+    handoffs = [r for r in bench.chosen if r.sharded]
     if not _sharded_here(bench):
         if os.environ.get(CHILD):
             raise SystemExit(
@@ -303,7 +303,7 @@ def _sharded(bench: Run) -> None:
         bench.progress.note(
             f"sharded: running in a subprocess with {args.sharded_devices} forced CPU devices"
         )
-        child = _run_sharded_child(args, [r.key for r in routes])
+        child = _run_sharded_child(args, [r.key for r in handoffs])
         bench.samples += [s for s in child["samples"] if s["scenario"] == "sharded"]
         meta["sharded"] = child["meta"].get("sharded", {})
         return
@@ -323,11 +323,11 @@ def _sharded(bench: Run) -> None:
     for layout, size, batch, ds in _datasets(layouts, sizes):
         resident = jax.device_put(batch, sharding)
         case = (layout, size, batch, ds)
-        _rounds(bench, "sharded", routes, case, step=step, resident=resident, sharding=sharding)
+        _rounds(bench, "sharded", handoffs, case, step=step, resident=resident, sharding=sharding)
         del resident
 
 
-def _run_sharded_child(args: argparse.Namespace, routes: list[str]) -> dict[str, Any]:
+def _run_sharded_child(args: argparse.Namespace, handoffs: list[str]) -> dict[str, Any]:
     """The sharded scenario in a fresh interpreter: XLA reads the forced host device count
     when JAX starts, and this process's JAX has started with one device."""
     flags = os.environ.get("XLA_FLAGS", "")
@@ -338,7 +338,7 @@ def _run_sharded_child(args: argparse.Namespace, routes: list[str]) -> dict[str,
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", CHILD: "1"}
     with tempfile.TemporaryDirectory(prefix="fastbridge-bench-sharded-") as out:
         argv = [
-            "--scenarios", "sharded", "--routes", ",".join(routes), "--out", out,
+            "--scenarios", "sharded", "--routes", ",".join(handoffs), "--out", out,
             "--sharded-sizes", args.sharded_sizes, "--sharded-layouts", args.sharded_layouts,
             "--sharded-devices", str(args.sharded_devices), "--repeats", str(args.repeats),
             "--batches", str(args.batches), "--warmup", str(args.warmup),

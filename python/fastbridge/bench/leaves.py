@@ -94,14 +94,14 @@ def cases(bench: Run) -> list[tuple[str, int, int]]:
 
 
 def count(bench: Run) -> int:
-    routes = bench.routes(ROUTE_KEYS)
-    return len(cases(bench)) * bench.args.repeats * (len(routes) + 1) if routes else 0
+    handoffs = bench.handoffs(ROUTE_KEYS)
+    return len(cases(bench)) * bench.args.repeats * (len(handoffs) + 1) if handoffs else 0
 
 
 def run(bench: Run) -> None:
     """Every case: ``--repeats`` rounds of every route, interleaved, then one memcpy sample."""
-    routes = bench.routes(ROUTE_KEYS)
-    if not routes:
+    handoffs = bench.handoffs(ROUTE_KEYS)
+    if not handoffs:
         bench.progress.note("leaves: none of auto, device_put, grain, big_vision, thread chosen")
         return
     args = bench.args
@@ -116,13 +116,15 @@ def run(bench: Run) -> None:
         about = {"kind": kind, "leaves": count, "batch_bytes": nbytes}
         warmup = max(args.warmup, WARMUP)
         for rep in range(args.repeats):
-            for route in routes:
-                m = measure(route, ds, batches=batches, warmup=warmup, step=None, keep_times=False)
+            for handoff in handoffs:
+                m = measure(
+                    handoff, ds, batches=batches, warmup=warmup, step=None, keep_times=False
+                )
                 m["batches_per_s"] = 1.0 / m["wall_s"]
                 m["gbps"] = nbytes / m["wall_s"] / 1e9
                 m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                bench.add("leaves", route, layout, size, rep, **about, **m)
-                bench.progress.update(f"leaves {kind} {count}x{size_label(size)} {route.key}")
+                bench.add("leaves", handoff, layout, size, rep, **about, **m)
+                bench.progress.update(f"leaves {kind} {count}x{size_label(size)} {handoff.key}")
             bench.add("leaves", MEMCPY, layout, size, rep, **about, **memcpy_cost(nbytes))
             bench.progress.update(f"leaves {kind} {count}x{size_label(size)} memcpy")
         del ds, batch

@@ -18,14 +18,14 @@ def split(text: str) -> list[str]:
 
 
 def sample(
-    scenario: str, route: Route, layout: str, size: int, rep: int, **m: Any
+    scenario: str, handoff: Route, layout: str, size: int, rep: int, **m: Any
 ) -> dict[str, Any]:
     """One raw sample: which cell it belongs to, and what was measured (``m``)."""
     return {
         "scenario": scenario,
-        "route": route.key,
-        "route_number": route.number,
-        "label": route.label,
+        "route": handoff.key,
+        "route_number": handoff.number,
+        "label": handoff.label,
         "layout": layout,
         "size_bytes": size,
         "rep": rep,
@@ -48,9 +48,11 @@ class Run:
         """What the fastbridge routes of the tf.data scenarios pass to ``stream()``."""
         return {"prefetch": self.args.prefetch, "copy_threads": self.args.threads}
 
-    def add(self, scenario: str, route: Route, layout: str, size: int, rep: int, **m: Any) -> None:
-        self.samples.append(sample(scenario, route, layout, size, rep, **m))
+    def add(
+        self, scenario: str, handoff: Route, layout: str, size: int, rep: int, **m: Any
+    ) -> None:
+        self.samples.append(sample(scenario, handoff, layout, size, rep, **m))
 
-    def routes(self, keys: tuple[str, ...]) -> list[Route]:
+    def handoffs(self, keys: tuple[str, ...]) -> list[Route]:
         """The chosen routes among ``keys``, in the canonical order."""
         return [r for r in self.chosen if r.key in keys]
