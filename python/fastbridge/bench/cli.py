@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from .batches import tf_module
     from .resources import peak_rss_bytes
 
-    chosen = routes_mod.resolve(args.handoffs)
+    chosen = routes_mod.resolve(args.routes)
     skipped = [why for r in chosen if (why := routes_mod.missing(r)) is not None]
     for why in skipped:
         print(why, file=sys.stderr)
