@@ -155,6 +155,85 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def restore(
+    manager: ocp.CheckpointManager, model: MLP, optimizer: nnx.Optimizer[MLP]
+) -> dict[str, Any] | None:
+    """Load the latest checkpoint into ``model`` and ``optimizer``; returns the stream's saved
+    position (``None`` when there is no checkpoint yet: a fresh start)."""
+    latest = manager.latest_step()
+    if latest is None:
+        return None
+    # The freshly initialised state is the restore target: it gives orbax every array's shape,
+    # dtype and sharding.
+    restored = manager.restore(
+        latest,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(train_state(model, optimizer)),
+            data=ocp.args.JsonRestore(),
+        ),
+    )
+    nnx.update(model, restored.state["model"])
+    nnx.update(optimizer, restored.state["optimizer"])
+    saved_stream: dict[str, Any] = restored.data
+    # Both were saved after the same step: the stream had delivered exactly the batches the
+    # optimizer had taken. Anything else means state() was called at the wrong moment (see
+    # the save in main), and resuming would skip or repeat batches.
+    taken = int(optimizer.step.get_value())
+    if not saved_stream["batches"] == taken == latest:
+        raise RuntimeError(
+            f"checkpoint {latest}: the optimizer took {taken} steps but the stream "
+            f"delivered {saved_stream['batches']} batches"
+        )
+    print(f"resumed from step {latest}")
+    return saved_stream
+
+
+def save(
+    manager: ocp.CheckpointManager,
+    step: int,
+    model: MLP,
+    optimizer: nnx.Optimizer[MLP],
+    stream_state: dict[str, Any],
+) -> None:
+    """One checkpoint: the train state and the stream's position go in one step directory,
+    which orbax commits as a whole, so a crash mid-save leaves the previous one intact."""
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(train_state(model, optimizer)),
+            data=ocp.args.JsonSave(stream_state),
+        ),
+    )
+
+
+def make_source(args: argparse.Namespace, train: dict[str, np.ndarray], epochs: int) -> Any:
+    """The ``--source`` pipeline, holding ``epochs`` epochs.
+
+    Grain resumes through its own iterator state. tf.data resumes by replay (re-reading and
+    dropping the batches delivered before the checkpoint), not with checkpoint=True: with
+    tensorflow 2.21, an iterator saved at the end of an epoch (which tf.data's own prefetch
+    reaches at a moment that depends on timing) restores the next epoch of a seeded
+    reshuffle_each_iteration shuffle in another order than the uninterrupted run.
+    """
+    if args.source == "tf":
+        return tf_source(train, args.batch_size, epochs, args.seed)
+    return grain_source(train, args.batch_size, epochs, args.seed)
+
+
+def evaluate(model: MLP, test: dict[str, np.ndarray], step: int, epoch: int, loss: Any) -> None:
+    """Print the loss of the last batch and the accuracy on the evaluation set."""
+    acc = accuracy(model, jnp.asarray(test["image"]), jnp.asarray(test["label"]))
+    print(f"step {step} (epoch {epoch}): loss {float(loss):.4f}, test accuracy {float(acc):.3f}")
+
+
+def preempt(manager: ocp.CheckpointManager | None, step: int) -> None:
+    """Exit as a preemption would, once the checkpoints already started are written."""
+    if manager is not None:
+        manager.wait_until_finished()  # saves are asynchronous
+    print(f"preempted after step {step}", flush=True)
+    os._exit(3)  # no cleanup, no atexit: as a preemption would leave it
+
+
 def main(argv: Iterable[str] | None = None) -> None:
     args = parse_args(argv)
     train, test = load_data()
@@ -164,7 +243,6 @@ def main(argv: Iterable[str] | None = None) -> None:
 
     model = MLP(nnx.Rngs(args.seed))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-
     manager = None
     saved_stream: dict[str, Any] | None = None
     if args.ckpt_dir is not None:
@@ -172,40 +250,8 @@ def main(argv: Iterable[str] | None = None) -> None:
             args.ckpt_dir.absolute(),  # orbax wants an absolute path
             options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
         )
-        latest = manager.latest_step()
-        if latest is not None:
-            # The freshly initialised state is the restore target: it gives orbax every
-            # array's shape, dtype and sharding.
-            restored = manager.restore(
-                latest,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(train_state(model, optimizer)),
-                    data=ocp.args.JsonRestore(),
-                ),
-            )
-            nnx.update(model, restored.state["model"])
-            nnx.update(optimizer, restored.state["optimizer"])
-            saved_stream = restored.data
-            # Both were saved after the same step: the stream had delivered exactly the
-            # batches the optimizer had taken. Anything else means state() was called at the
-            # wrong moment (see the save below), and resuming would skip or repeat batches.
-            taken = int(optimizer.step.get_value())
-            if not saved_stream["batches"] == taken == latest:
-                raise RuntimeError(
-                    f"checkpoint {latest}: the optimizer took {taken} steps but the stream "
-                    f"delivered {saved_stream['batches']} batches"
-                )
-            print(f"resumed from step {latest}")
-
-    if args.source == "tf":
-        source = tf_source(train, args.batch_size, epochs, args.seed)
-    else:
-        source = grain_source(train, args.batch_size, epochs, args.seed)
-    # Grain resumes through its own iterator state. tf.data resumes by replay (re-reading and
-    # dropping the batches delivered before the checkpoint), not with checkpoint=True: with
-    # tensorflow 2.21, an iterator saved at the end of an epoch (which tf.data's own prefetch
-    # reaches at a moment that depends on timing) restores the next epoch of a seeded
-    # reshuffle_each_iteration shuffle in another order than the uninterrupted run.
+        saved_stream = restore(manager, model, optimizer)
+    source = make_source(args, train, epochs)
 
     step = saved_stream["batches"] if saved_stream is not None else 0
     log = args.log_batches.open("a") if args.log_batches is not None else None
@@ -218,26 +264,12 @@ def main(argv: Iterable[str] | None = None) -> None:
             if manager is not None and step % args.save_every == 0:
                 # s.state() now: after the step that consumed this batch, before the next
                 # next(). It is the position right after this batch, however far the stream
-                # has read ahead. Both items go in one step directory, which orbax commits
-                # as a whole: a crash mid-save leaves the previous checkpoint intact.
-                manager.save(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(train_state(model, optimizer)),
-                        data=ocp.args.JsonSave(s.state()),
-                    ),
-                )
+                # has read ahead.
+                save(manager, step, model, optimizer, s.state())
             if step % per_epoch == 0 or step == total:
-                acc = accuracy(model, jnp.asarray(test["image"]), jnp.asarray(test["label"]))
-                print(
-                    f"step {step} (epoch {math.ceil(step / per_epoch)}): loss {float(loss):.4f}"
-                    f", test accuracy {float(acc):.3f}"
-                )
+                evaluate(model, test, step, math.ceil(step / per_epoch), loss)
             if step == args.stop_after:
-                if manager is not None:
-                    manager.wait_until_finished()  # saves are asynchronous
-                print(f"preempted after step {step}", flush=True)
-                os._exit(3)  # no cleanup, no atexit: as a preemption would leave it
+                preempt(manager, step)
             if step == total:
                 break
 

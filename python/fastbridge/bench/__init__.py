@@ -1,9 +1,12 @@
 """The copy-versus-zero-copy benchmark: ``python -m fastbridge.bench --help``.
 
-Submodules: ``routes`` (the fourteen ways to hand a batch to JAX), ``scenarios`` (datasets, the
-jitted step, measurement loops), ``leaves`` and ``shapes`` (those two scenarios), ``cells``
-(the summary of raw samples), ``targets``, ``headline`` (auto against the best peer, first in
-every report), ``report`` (tables, Markdown), ``plots``, ``options``, ``runner`` and ``cli``.
+Submodules: ``routes`` (the fourteen handoffs, ways to hand a batch to JAX), ``batches``
+(synthetic batches and datasets), ``step`` (the calibrated jitted step), ``loop`` (one measured
+run of a handoff), ``resources``, ``copies`` (memcpy and ring slot fills), ``e2e``,
+``accelerator``, ``leaves`` and ``shapes`` (those scenarios), ``cells`` (the summary of raw
+samples), ``targets``, ``headline`` (auto against the best peer, first in every report),
+``report`` (tables, Markdown), ``plots``, ``options``, ``progress``, ``runner`` and ``cli``;
+``scenarios`` still imports the names that lived there before.
 Importing this package imports neither TensorFlow nor matplotlib.
 """
 

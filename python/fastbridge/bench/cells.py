@@ -88,7 +88,7 @@ def summarize(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for s in samples:
         groups[sample_key(s)].append(s)
     out = []
-    for (scenario, layout, size, route), group in groups.items():
+    for (scenario, layout, size, handoff), group in groups.items():
         metrics: dict[str, dict[str, float]] = {}
         for name in SUMMARY_METRICS:
             values = [float(s[name]) for s in group if s.get(name) is not None]
@@ -103,9 +103,9 @@ def summarize(samples: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "scenario": scenario,
                 "layout": layout,
                 "size_bytes": size,
-                "route": route,
+                "route": handoff,
                 "route_number": group[0].get("route_number", 0),
-                "label": group[0].get("label", route),
+                "label": group[0].get("label", handoff),
                 "repeats": len(group),
                 "metrics": metrics,
             }
@@ -121,9 +121,9 @@ class Lookup:
         self.rows = {(r["scenario"], r["layout"], r["size_bytes"], r["route"]): r for r in summary}
 
     def __call__(
-        self, scenario: str, layout: str, size: int, route: str, metric: str
+        self, scenario: str, layout: str, size: int, handoff: str, metric: str
     ) -> float | None:
-        row = self.rows.get((scenario, layout, size, route))
+        row = self.rows.get((scenario, layout, size, handoff))
         if row is None or metric not in row["metrics"]:
             return None
         return float(row["metrics"][metric]["median"])
@@ -137,8 +137,8 @@ class Lookup:
             found - {"f32", "dict", ""}, key=_layout_order
         )
 
-    def routes(self, scenario: str) -> list[str]:
-        return sorted({k[3] for k in self.rows if k[0] == scenario}, key=_route_order)
+    def handoffs(self, scenario: str) -> list[str]:
+        return sorted({k[3] for k in self.rows if k[0] == scenario}, key=_handoff_order)
 
 
 def _layout_order(layout: str) -> tuple[str, int, str]:
@@ -149,9 +149,9 @@ def _layout_order(layout: str) -> tuple[str, int, str]:
     return (layout, 0, layout)
 
 
-def _route_order(key: str) -> tuple[int, str]:
-    route = BY_KEY.get(key)
-    return (route.number if route else 100, key)
+def _handoff_order(key: str) -> tuple[int, str]:
+    handoff = BY_KEY.get(key)
+    return (handoff.number if handoff else 100, key)
 
 
 def render_text(table: Table, left: int = 1) -> str:

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .options import FULL, QUICK, SCENARIOS, build_parser, resolve
-from .runner import Progress, Run, split
+from .progress import Progress
+from .runner import Run, split
 
 __all__ = ["FULL", "QUICK", "SCENARIOS", "Progress", "build_parser", "main", "run", "run_gpu"]
 
@@ -32,7 +33,7 @@ Scenario = tuple[Callable[[Run], int], Callable[[Run], None]]
 def _check(args: argparse.Namespace) -> list[str]:
     """The scenarios wanted; exits with a message on an unknown scenario, layout or size."""
     from . import report
-    from . import scenarios as sc
+    from .batches import LAYOUTS
 
     wanted = split(args.scenarios)
     for name in wanted:
@@ -43,8 +44,8 @@ def _check(args: argparse.Namespace) -> list[str]:
             report.parse_size(text)
     layouts = split(args.layouts) + split(args.throughput_layouts) + split(args.sharded_layouts)
     for layout in layouts:
-        if layout not in sc.LAYOUTS:
-            raise SystemExit(f"unknown layout {layout!r}; choose from {', '.join(sc.LAYOUTS)}")
+        if layout not in LAYOUTS:
+            raise SystemExit(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     return wanted
 
 
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Every chosen scenario; returns the results dictionary (also what results.json holds)."""
     from . import report
     from . import routes as routes_mod
-    from . import scenarios as sc
+    from .batches import tf_module
+    from .resources import peak_rss_bytes
 
     chosen = routes_mod.resolve(args.routes)
     skipped = [why for r in chosen if (why := routes_mod.missing(r)) is not None]
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     import jax
 
-    sc.tf_module()
+    tf_module()
     meta: dict[str, Any] = {
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "argv": argv,
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     finally:
         bench.progress.close()
     meta["seconds"] = time.perf_counter() - started
-    meta["peak_rss_bytes"] = sc.peak_rss_bytes()
+    meta["peak_rss_bytes"] = peak_rss_bytes()
     summary = report.summarize(bench.samples)
     return {
         "meta": meta,
@@ -104,7 +106,7 @@ def _scenarios() -> dict[str, Scenario]:
     from . import leaves, shapes
 
     return {
-        "handoff": (_handoff_count, _handoff),
+        "handoff": (_handoff_scenario_count, _handoff_scenario),
         "throughput": (_throughput_count, _throughput),
         "e2e": (lambda b: b.args.e2e_repeats * len(b.chosen), _e2e),
         "memory": (lambda b: len(b.chosen), _memory),
@@ -121,18 +123,19 @@ def _sizes(text: str) -> list[int]:
 
 
 def _rounds(
-    bench: Run, scenario: str, routes: list[Any], case: tuple[str, int, Any, Any], **how: Any
+    bench: Run, scenario: str, handoffs: list[Any], case: tuple[str, int, Any, Any], **how: Any
 ) -> None:
     """``args.repeats`` rounds of every route on one case, interleaved: A B C ... A B C."""
-    from . import scenarios as sc
+    from .batches import batch_nbytes
     from .cells import size_label
+    from .loop import measure
 
     layout, size, batch, ds = case
     args = bench.args
     for rep in range(args.repeats):
-        for route in routes:
-            m = sc.measure(
-                route,
+        for handoff in handoffs:
+            m = measure(
+                handoff,
                 ds,
                 batches=args.batches,
                 warmup=args.warmup,
@@ -140,33 +143,33 @@ def _rounds(
                 stream_options=bench.stream_options,
                 **how,
             )
-            m["gbps"] = sc.batch_nbytes(batch) / m["wall_s"] / 1e9
+            m["gbps"] = batch_nbytes(batch) / m["wall_s"] / 1e9
             m["rss_growth"] = m["rss_end"] - m["rss_start"]
-            bench.add(scenario, route, layout, size, rep, **m)
-            bench.progress.update(f"{scenario} {layout} {size_label(size)} {route.key}")
+            bench.add(scenario, handoff, layout, size, rep, **m)
+            bench.progress.update(f"{scenario} {layout} {size_label(size)} {handoff.key}")
 
 
-def _handoff_count(bench: Run) -> int:
+def _handoff_scenario_count(bench: Run) -> int:
     args = bench.args
     cases = len(_sizes(args.sizes)) * len(split(args.layouts))
     return cases * int(args.repeats) * len(bench.chosen)
 
 
-def _handoff(bench: Run) -> None:
+def _handoff_scenario(bench: Run) -> None:
     import jax
 
-    from . import scenarios as sc
+    from .step import STATE, calibrate_step, time_step
 
     args, meta = bench.args, bench.meta
-    step = sc.calibrate_step(args.step_ms / 1e3)
-    meta.update(step_seconds=step.seconds, step_iterations=step.iterations, step_state=sc.STATE)
+    step = calibrate_step(args.step_ms / 1e3)
+    meta.update(step_seconds=step.seconds, step_iterations=step.iterations, step_state=STATE)
     bench.progress.note(
         f"handoff step: jitted CPU computation measured at {step.seconds * 1e3:.2f} ms "
-        f"({step.iterations} chained {sc.STATE}x{sc.STATE} matmuls)"
+        f"({step.iterations} chained {STATE}x{STATE} matmuls)"
     )
-    for layout, size, batch, ds in _datasets(sc, split(args.layouts), _sizes(args.sizes)):
+    for layout, size, batch, ds in _datasets(split(args.layouts), _sizes(args.sizes)):
         resident = jax.device_put(batch)
-        meta.setdefault("step_seconds_by_case", {})[f"{layout} {size}"] = sc.time_step(
+        meta.setdefault("step_seconds_by_case", {})[f"{layout} {size}"] = time_step(
             step.fn, resident, runs=5
         )
         case = (layout, size, batch, ds)
@@ -182,19 +185,21 @@ def _throughput_count(bench: Run) -> int:
 
 def _throughput(bench: Run) -> None:
     from . import routes as routes_mod
-    from . import scenarios as sc
+    from .batches import batch_nbytes
     from .cells import size_label
+    from .copies import copy_rates
+    from .loop import measure
 
     args = bench.args
     layouts, sizes = split(args.throughput_layouts), _sizes(args.throughput_sizes)
-    for layout, size, batch, ds in _datasets(sc, layouts, sizes):
-        nbytes = sc.batch_nbytes(batch)
+    for layout, size, batch, ds in _datasets(layouts, sizes):
+        nbytes = batch_nbytes(batch)
         # Fewer batches for huge ones: each run moves at most about 2 GiB.
         batches = max(3, min(args.throughput_batches, (2 << 30) // nbytes))
         for rep in range(args.repeats):
-            for route in bench.chosen:
-                m = sc.measure(
-                    route,
+            for handoff in bench.chosen:
+                m = measure(
+                    handoff,
                     ds,
                     batches=batches,
                     warmup=args.warmup,
@@ -204,11 +209,11 @@ def _throughput(bench: Run) -> None:
                 )
                 m["gbps"] = nbytes / m["wall_s"] / 1e9
                 m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                bench.add("throughput", route, layout, size, rep, **m)
-                bench.progress.update(f"throughput {layout} {size_label(size)} {route.key}")
+                bench.add("throughput", handoff, layout, size, rep, **m)
+                bench.progress.update(f"throughput {layout} {size_label(size)} {handoff.key}")
     for size in _sizes(args.copy_sizes):
         copies = max(3, min(20, (1 << 30) // size))
-        rates = sc.copy_rates(size, args.threads, args.repeats, copies)
+        rates = copy_rates(size, args.threads, args.repeats, copies)
         for name, runs in rates.items():
             fake = routes_mod.Route(0, name, name, "copy", lambda ds: iter(()))
             for rep, m in enumerate(runs):
@@ -219,20 +224,21 @@ def _throughput(bench: Run) -> None:
 def _e2e(bench: Run) -> None:
     import jax
 
-    from . import scenarios as sc
+    from .batches import batch_nbytes
+    from .e2e import e2e_dataset, measure_e2e, mlp_step
 
     args = bench.args
-    train, init = sc.mlp_step(args.e2e_hidden, args.e2e_batch)
+    train, init = mlp_step(args.e2e_hidden, args.e2e_batch)
     bench.meta.update(
         e2e_step_seconds=train.seconds, e2e=f"3072-{args.e2e_hidden}-10, batch {args.e2e_batch}"
     )
-    ds = sc.e2e_dataset(records=max(256, 8 * args.e2e_batch), batch=args.e2e_batch)
+    ds = e2e_dataset(records=max(256, 8 * args.e2e_batch), batch=args.e2e_batch)
     resident = jax.device_put(next(ds.as_numpy_iterator()))
-    size = sc.batch_nbytes(resident)
+    size = batch_nbytes(resident)
     for rep in range(args.e2e_repeats):
-        for route in bench.chosen:
-            m = sc.measure_e2e(
-                route,
+        for handoff in bench.chosen:
+            m = measure_e2e(
+                handoff,
                 ds,
                 steps=args.e2e_steps,
                 warmup=args.e2e_warmup,
@@ -240,20 +246,21 @@ def _e2e(bench: Run) -> None:
                 init=init,
                 resident=resident,
             )
-            bench.add("e2e", route, "", size, rep, **m)
-            bench.progress.update(f"e2e {route.key}")
+            bench.add("e2e", handoff, "", size, rep, **m)
+            bench.progress.update(f"e2e {handoff.key}")
 
 
 def _memory(bench: Run) -> None:
     from . import report
-    from . import scenarios as sc
+    from .batches import make_batch, repeated_dataset
+    from .loop import measure
 
     args = bench.args
     size = report.parse_size(args.memory_size)
-    ds = sc.repeated_dataset(sc.make_batch("f32", size))
-    for route in bench.chosen:
-        m = sc.measure(
-            route,
+    ds = repeated_dataset(make_batch("f32", size))
+    for handoff in bench.chosen:
+        m = measure(
+            handoff,
             ds,
             batches=args.memory_batches,
             warmup=args.warmup,
@@ -262,8 +269,8 @@ def _memory(bench: Run) -> None:
             stream_options=bench.stream_options,
         )
         m["rss_growth"] = m["rss_end"] - m["rss_start"]
-        bench.add("memory", route, "", size, 0, **m)
-        bench.progress.update(f"memory {route.key}")
+        bench.add("memory", handoff, "", size, 0, **m)
+        bench.progress.update(f"memory {handoff.key}")
 
 
 def _sharded_here(bench: Run) -> bool:
@@ -283,10 +290,10 @@ def _sharded_count(bench: Run) -> int:
 def _sharded(bench: Run) -> None:
     import jax
 
-    from . import scenarios as sc
+    from .step import batch_sharding, calibrate_step, sharded_step
 
     args, meta = bench.args, bench.meta
-    routes = [r for r in bench.chosen if r.sharded]
+    handoffs = [r for r in bench.chosen if r.sharded]
     if not _sharded_here(bench):
         if os.environ.get(CHILD):
             raise SystemExit(
@@ -296,12 +303,12 @@ def _sharded(bench: Run) -> None:
         bench.progress.note(
             f"sharded: running in a subprocess with {args.sharded_devices} forced CPU devices"
         )
-        child = _run_sharded_child(args, [r.key for r in routes])
+        child = _run_sharded_child(args, [r.key for r in handoffs])
         bench.samples += [s for s in child["samples"] if s["scenario"] == "sharded"]
         meta["sharded"] = child["meta"].get("sharded", {})
         return
-    sharding = sc.batch_sharding(args.sharded_devices)
-    step = sc.sharded_step(sc.calibrate_step(args.step_ms / 1e3))
+    sharding = batch_sharding(args.sharded_devices)
+    step = sharded_step(calibrate_step(args.step_ms / 1e3))
     meta["sharded"] = {
         "devices": args.sharded_devices,
         "sharding": str(sharding),
@@ -313,14 +320,14 @@ def _sharded(bench: Run) -> None:
         f"{step.seconds * 1e3:.2f} ms"
     )
     layouts, sizes = split(args.sharded_layouts), _sizes(args.sharded_sizes)
-    for layout, size, batch, ds in _datasets(sc, layouts, sizes):
+    for layout, size, batch, ds in _datasets(layouts, sizes):
         resident = jax.device_put(batch, sharding)
         case = (layout, size, batch, ds)
-        _rounds(bench, "sharded", routes, case, step=step, resident=resident, sharding=sharding)
+        _rounds(bench, "sharded", handoffs, case, step=step, resident=resident, sharding=sharding)
         del resident
 
 
-def _run_sharded_child(args: argparse.Namespace, routes: list[str]) -> dict[str, Any]:
+def _run_sharded_child(args: argparse.Namespace, handoffs: list[str]) -> dict[str, Any]:
     """The sharded scenario in a fresh interpreter: XLA reads the forced host device count
     when JAX starts, and this process's JAX has started with one device."""
     flags = os.environ.get("XLA_FLAGS", "")
@@ -331,7 +338,7 @@ def _run_sharded_child(args: argparse.Namespace, routes: list[str]) -> dict[str,
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", CHILD: "1"}
     with tempfile.TemporaryDirectory(prefix="fastbridge-bench-sharded-") as out:
         argv = [
-            "--scenarios", "sharded", "--routes", ",".join(routes), "--out", out,
+            "--scenarios", "sharded", "--routes", ",".join(handoffs), "--out", out,
             "--sharded-sizes", args.sharded_sizes, "--sharded-layouts", args.sharded_layouts,
             "--sharded-devices", str(args.sharded_devices), "--repeats", str(args.repeats),
             "--batches", str(args.batches), "--warmup", str(args.warmup),
@@ -354,21 +361,23 @@ def _run_sharded_child(args: argparse.Namespace, routes: list[str]) -> dict[str,
     return result
 
 
-def _datasets(sc: Any, layouts: list[str], sizes: list[int]) -> Iterator[tuple[Any, ...]]:
+def _datasets(layouts: list[str], sizes: list[int]) -> Iterator[tuple[Any, ...]]:
+    from .batches import make_batch, repeated_dataset
+
     # One (layout, size) at a time, so at most one size's datasets and slots are alive.
     for size in sizes:
         for layout in layouts:
             gc.collect()  # the previous size's datasets and slots, before allocating the next
-            batch = sc.make_batch(layout, size)
-            yield layout, size, batch, sc.repeated_dataset(batch)
+            batch = make_batch(layout, size)
+            yield layout, size, batch, repeated_dataset(batch)
 
 
 def run_gpu(args: argparse.Namespace, argv: list[str]) -> int:
     """Accelerator mode; exits 0 with a clear message when JAX sees no GPU."""
     from . import report
-    from . import scenarios as sc
+    from .accelerator import gpu_devices, host_to_device
 
-    devices = sc.gpu_devices()
+    devices = gpu_devices()
     if not devices:
         import jax
 
@@ -381,9 +390,7 @@ def run_gpu(args: argparse.Namespace, argv: list[str]) -> int:
     results: dict[str, Any] = {"device": str(devices[0]), "sizes": {}}
     print(f"host-to-device GB/s on {devices[0]}, median of {args.repeats}")
     for size in sizes:
-        rates = sc.host_to_device(
-            devices[0], size, batches=max(3, args.batches), repeats=args.repeats
-        )
+        rates = host_to_device(devices[0], size, batches=max(3, args.batches), repeats=args.repeats)
         results["sizes"][str(size)] = rates
         for name, values in rates.items():
             values = sorted(values)

@@ -53,8 +53,8 @@ class Row:
 
 
 def _peer(key: str | None) -> str:
-    route = BY_KEY.get(key or "")
-    return f"{route.number} {route.key}" if route else (key or "-")
+    handoff = BY_KEY.get(key or "")
+    return f"{handoff.number} {handoff.key}" if handoff else (key or "-")
 
 
 def as_speed(target: dict[str, Any]) -> tuple[float | None, float | None, float | None, float]:

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from . import scenarios as sc
+from .batches import ROWS, batch_nbytes, tf_module
 from .cells import LEAF_KINDS, MiB, leaves_layout, parse_size, size_label
+from .copies import touched
+from .loop import measure
 from .routes import Route
 from .runner import Run, split
 
@@ -41,9 +43,9 @@ allows auto that much more where its backend copies)."""
 def leaf_batch(count: int, leaf_bytes: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A dict of ``count`` float32 leaves of shape (16, n), ``leaf_bytes`` each."""
     rng = np.random.default_rng(seed)
-    cols = max(1, leaf_bytes // (sc.ROWS * 4))
+    cols = max(1, leaf_bytes // (ROWS * 4))
     return {
-        f"leaf{i:02d}": rng.standard_normal((sc.ROWS, cols), dtype=np.float32) for i in range(count)
+        f"leaf{i:02d}": rng.standard_normal((ROWS, cols), dtype=np.float32) for i in range(count)
     }
 
 
@@ -53,7 +55,7 @@ def source(kind: str, batch: dict[str, np.ndarray], length: int) -> Any:
     if kind == "numpy":
         return [batch] * length
     if kind == "tf.data":
-        return sc.tf_module().data.Dataset.from_tensors(batch).repeat()
+        return tf_module().data.Dataset.from_tensors(batch).repeat()
     raise SystemExit(f"unknown leaves source {kind!r}; choose from {', '.join(LEAF_KINDS)}")
 
 
@@ -66,7 +68,7 @@ def batches_per_run(most: int, nbytes: int) -> int:
 def memcpy_cost(nbytes: int) -> dict[str, Any]:
     """Seconds and CPU seconds of one single-threaded copy of an ``nbytes`` buffer (enough
     copies to take a few milliseconds, so that the CPU clock resolves them)."""
-    source_buf, dest = sc._touched(nbytes), sc._touched(nbytes)
+    source_buf, dest = touched(nbytes), touched(nbytes)
     copies = max(5, min(2000, (256 * MiB) // nbytes))
     np.copyto(dest, source_buf)  # warm: caches and TLB, as in a stream's steady state
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -92,21 +94,21 @@ def cases(bench: Run) -> list[tuple[str, int, int]]:
 
 
 def count(bench: Run) -> int:
-    routes = bench.routes(ROUTE_KEYS)
-    return len(cases(bench)) * bench.args.repeats * (len(routes) + 1) if routes else 0
+    handoffs = bench.handoffs(ROUTE_KEYS)
+    return len(cases(bench)) * bench.args.repeats * (len(handoffs) + 1) if handoffs else 0
 
 
 def run(bench: Run) -> None:
     """Every case: ``--repeats`` rounds of every route, interleaved, then one memcpy sample."""
-    routes = bench.routes(ROUTE_KEYS)
-    if not routes:
+    handoffs = bench.handoffs(ROUTE_KEYS)
+    if not handoffs:
         bench.progress.note("leaves: none of auto, device_put, grain, big_vision, thread chosen")
         return
     args = bench.args
     for kind, count, size in cases(bench):
         gc.collect()  # the previous case's batches and slots, before allocating the next
         batch = leaf_batch(count, size)
-        nbytes = sc.batch_nbytes(batch)
+        nbytes = batch_nbytes(batch)
         batches = batches_per_run(args.leaves_batches, nbytes)
         # A list must outlast warm-up, measurement and what a prefetching route reads ahead.
         ds = source(kind, batch, batches + max(args.warmup, WARMUP) + 16)
@@ -114,15 +116,15 @@ def run(bench: Run) -> None:
         about = {"kind": kind, "leaves": count, "batch_bytes": nbytes}
         warmup = max(args.warmup, WARMUP)
         for rep in range(args.repeats):
-            for route in routes:
-                m = sc.measure(
-                    route, ds, batches=batches, warmup=warmup, step=None, keep_times=False
+            for handoff in handoffs:
+                m = measure(
+                    handoff, ds, batches=batches, warmup=warmup, step=None, keep_times=False
                 )
                 m["batches_per_s"] = 1.0 / m["wall_s"]
                 m["gbps"] = nbytes / m["wall_s"] / 1e9
                 m["rss_growth"] = m["rss_end"] - m["rss_start"]
-                bench.add("leaves", route, layout, size, rep, **about, **m)
-                bench.progress.update(f"leaves {kind} {count}x{size_label(size)} {route.key}")
+                bench.add("leaves", handoff, layout, size, rep, **about, **m)
+                bench.progress.update(f"leaves {kind} {count}x{size_label(size)} {handoff.key}")
             bench.add("leaves", MEMCPY, layout, size, rep, **about, **memcpy_cost(nbytes))
             bench.progress.update(f"leaves {kind} {count}x{size_label(size)} memcpy")
         del ds, batch

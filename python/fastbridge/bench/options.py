@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_DefaultsFormatter,
     )
     _general(p)
-    _handoff(p)
+    _handoff_scenario(p)
     _others(p)
     _leaves(p)
     return p
@@ -160,7 +160,7 @@ def _general(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _handoff(p: argparse.ArgumentParser) -> None:
+def _handoff_scenario(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sizes",
         default=None,

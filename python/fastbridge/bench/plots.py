@@ -31,9 +31,9 @@ def pyplot() -> Any:
     return plt
 
 
-def _label(route: str) -> str:
-    known = BY_KEY.get(route)
-    return f"{known.number} {known.label}" if known else route
+def _label(handoff: str) -> str:
+    known = BY_KEY.get(handoff)
+    return f"{known.number} {known.label}" if known else handoff
 
 
 # One colour per route in every plot, and the copy baselines in greys, unlike any route.
@@ -42,10 +42,10 @@ _BASELINE_COLOURS = {"memcpy": "black", "ring_fill": "dimgray"}
 _MORE_COLOURS = ("darkgoldenrod", "teal", "indigo", "crimson", "olivedrab", "navy")
 
 
-def _colour(route: str) -> str:
-    if route in _BASELINE_COLOURS:
-        return _BASELINE_COLOURS[route]
-    known = BY_KEY.get(route)
+def _colour(handoff: str) -> str:
+    if handoff in _BASELINE_COLOURS:
+        return _BASELINE_COLOURS[handoff]
+    known = BY_KEY.get(handoff)
     if known is None:
         return "silver"
     if known.number <= 10:
@@ -56,10 +56,10 @@ def _colour(route: str) -> str:
 def _lines(ax: Any, at: Lookup, scenario: str, layout: str, metric: str, scale: float) -> list[int]:
     """Draw one line per route; returns the batch sizes drawn (the caller sets the ticks)."""
     sizes = at.sizes(scenario, layout)
-    for route in at.routes(scenario):
+    for handoff in at.handoffs(scenario):
         xs, ys, lo, hi = [], [], [], []
         for size in sizes:
-            row = at.rows.get((scenario, layout, size, route))
+            row = at.rows.get((scenario, layout, size, handoff))
             if row is None or metric not in row["metrics"]:
                 continue
             m = row["metrics"][metric]
@@ -68,13 +68,13 @@ def _lines(ax: Any, at: Lookup, scenario: str, layout: str, metric: str, scale: 
             lo.append((m["median"] - m["min"]) * scale)
             hi.append((m["max"] - m["median"]) * scale)
         if xs:
-            style = "--" if route in ("floor", "memcpy") else "-"
+            style = "--" if handoff in ("floor", "memcpy") else "-"
             ax.errorbar(
                 xs,
                 ys,
                 yerr=[lo, hi],
-                label=_label(route),
-                color=_colour(route),
+                label=_label(handoff),
+                color=_colour(handoff),
                 marker="o",
                 ms=3,
                 linestyle=style,
@@ -111,12 +111,12 @@ def draw(result: dict[str, Any], out_dir: str) -> list[str]:
     targets = result.get("targets")
     _headline(plt, targets if targets is not None else check_targets(result["summary"]), save)
     _leaves(plt, at, save)
-    _every_route(plt, at, result["meta"], save)
+    _every_handoff(plt, at, result["meta"], save)
     _e2e_and_memory(plt, at, save)
     return written
 
 
-def _every_route(plt: Any, at: Lookup, meta: dict[str, Any], save: Save) -> None:
+def _every_handoff(plt: Any, at: Lookup, meta: dict[str, Any], save: Save) -> None:
     """One line per route against batch size: handoff, throughput and sharded."""
     step = meta.get("step_seconds")
     for scenario, metric, scale, unit, name in (
@@ -166,11 +166,11 @@ def _every_route(plt: Any, at: Lookup, meta: dict[str, Any], save: Save) -> None
 
 def _e2e_and_memory(plt: Any, at: Lookup, save: Save) -> None:
     for layout in at.layouts("e2e"):
-        routes = at.routes("e2e")
+        handoffs = at.handoffs("e2e")
         size = at.sizes("e2e", layout)[0]
-        rows = [at.rows[("e2e", layout, size, p)]["metrics"] for p in routes]
+        rows = [at.rows[("e2e", layout, size, p)]["metrics"] for p in handoffs]
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-        names = [_label(p) for p in routes]
+        names = [_label(p) for p in handoffs]
         left.barh(names, [r["steps_per_s"]["median"] for r in rows])
         left.set_xlabel("steps/s (higher is better)")
         right.barh(names, [r["wait_fraction"]["median"] for r in rows])
@@ -180,10 +180,10 @@ def _e2e_and_memory(plt: Any, at: Lookup, save: Save) -> None:
         save(fig, "e2e.png")
 
     for layout in at.layouts("memory"):
-        routes = at.routes("memory")
+        handoffs = at.handoffs("memory")
         size = at.sizes("memory", layout)[0]
-        rows = [at.rows[("memory", layout, size, p)]["metrics"] for p in routes]
-        names = [_label(p) for p in routes]
+        rows = [at.rows[("memory", layout, size, p)]["metrics"] for p in handoffs]
+        names = [_label(p) for p in handoffs]
         # Only the measures in which the routes differ (bars of one length say nothing).
         shown = []
         for metric, scale, title in (
@@ -199,7 +199,7 @@ def _e2e_and_memory(plt: Any, at: Lookup, save: Save) -> None:
         fig, axes = plt.subplots(1, len(shown), figsize=(4.7 * len(shown), 4.5), squeeze=False)
         for i, (values, title) in enumerate(shown):
             ax = axes[0][i]
-            ax.barh(names, values, color=[_colour(p) for p in routes])
+            ax.barh(names, values, color=[_colour(p) for p in handoffs])
             ax.set_xlabel(title)
             if i:
                 ax.set_yticks([])
@@ -289,8 +289,8 @@ def _leaves(plt: Any, at: Lookup, save: Save) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
     for ax, (kind, size) in zip(axes.reshape(-1), order, strict=False):
         cases = sorted(panels[(kind, size)])
-        for route in at.routes("leaves"):
-            points = [(c, at.rows.get(("leaves", layout, size, route))) for c, layout in cases]
+        for handoff in at.handoffs("leaves"):
+            points = [(c, at.rows.get(("leaves", layout, size, handoff))) for c, layout in cases]
             found = [
                 (c, row["metrics"]["batches_per_s"])
                 for c, row in points
@@ -308,8 +308,8 @@ def _leaves(plt: Any, at: Lookup, save: Save) -> None:
                 xs,
                 ys,
                 yerr=err,
-                label=_label(route),
-                color=_colour(route),
+                label=_label(handoff),
+                color=_colour(handoff),
                 marker="o",
                 ms=3,
                 capsize=2,

@@ -141,20 +141,21 @@ def tables(summary: list[dict[str, Any]]) -> list[Table]:
     for scenario, specs in TABLES.items():
         for layout in at.layouts(scenario):
             sizes = at.sizes(scenario, layout)
-            routes = at.routes(scenario)
+            handoffs = at.handoffs(scenario)
             for title, metric, fmt in specs:
                 header = ["route", *(size_label(s) for s in sizes)]
                 if scenario == "e2e":
                     header = ["route", "value"]
                 rows = []
-                for route in routes:
+                for handoff in handoffs:
                     cells = [
-                        _cell(at.rows.get((scenario, layout, s, route)), metric, fmt) for s in sizes
+                        _cell(at.rows.get((scenario, layout, s, handoff)), metric, fmt)
+                        for s in sizes
                     ]
                     if all(c == "-" for c in cells):
                         continue
-                    known = BY_KEY.get(route)
-                    name = f"{known.number} {known.label}" if known else route
+                    known = BY_KEY.get(handoff)
+                    name = f"{known.number} {known.label}" if known else handoff
                     rows.append([name, *cells])
                 heading = SCENARIO_TITLES[scenario]
                 if layout:
@@ -192,8 +193,10 @@ def _leaves_tables(at: Lookup) -> list[Table]:
             header = ["route", *(f"{count} x {size_label(size)}" for count, _ in layouts)]
             for title, metric, fmt in LEAF_METRICS:
                 rows = []
-                for route in at.routes("leaves"):
-                    found = [at.rows.get(("leaves", layout, size, route)) for _, layout in layouts]
+                for handoff in at.handoffs("leaves"):
+                    found = [
+                        at.rows.get(("leaves", layout, size, handoff)) for _, layout in layouts
+                    ]
                     cells = [_cell(row, metric, fmt) for row in found]
                     if any(c != "-" for c in cells):
                         rows.append([_name(next(r for r in found if r)), *cells])
@@ -215,8 +218,8 @@ def _shapes_tables(at: Lookup) -> list[Table]:
     for layout in at.layouts("shapes"):
         for size in at.sizes("shapes", layout):
             rows = []
-            for route in at.routes("shapes"):
-                row = at.rows.get(("shapes", layout, size, route))
+            for handoff in at.handoffs("shapes"):
+                row = at.rows.get(("shapes", layout, size, handoff))
                 if row is not None:
                     rows.append([_name(row), *(_cell(row, m, fmt) for _, m, fmt in metrics)])
             title = (
@@ -233,8 +236,8 @@ def _shapes_tables(at: Lookup) -> list[Table]:
             kind, count = parse_leaves_layout(layout)
             header.append(f"{kind} {count} x {size_label(size)}")
         rows = []
-        for route in at.routes("forced"):
-            found = [at.rows.get(("forced", layout, size, route)) for layout, size in columns]
+        for handoff in at.handoffs("forced"):
+            found = [at.rows.get(("forced", layout, size, handoff)) for layout, size in columns]
             cells = [_cell(row, "batches_per_s", _fmt_range(1, 0)) for row in found]
             rows.append([_name(next(r for r in found if r)), *cells])
         title = "Shapes: the forced device_put route's ceiling, batches/s (no step) [min-max]"

@@ -105,7 +105,7 @@ class _StreamIterator(Iterator[Any]):
         self.stream.close()
 
 
-def _stream_route(backend: str) -> Callable[..., Iterator[Any]]:
+def _stream_handoff(backend: str) -> Callable[..., Iterator[Any]]:
     def run(ds: Any, **options: Any) -> Iterator[Any]:
         return _StreamIterator(ds, backend, **options)
 
@@ -293,10 +293,10 @@ ROUTES: tuple[Route, ...] = (
     Route(2, "device_put", "as_numpy_iterator + device_put", "anchor", _device_put, True),
     Route(3, "dlpack", "EagerTensor -> jax.dlpack (by hand)", "anchor", _dlpack),
     Route(4, "flax_prefetch", "flax-style deque of device_put (2)", "anchor", _flax_prefetch),
-    Route(5, "ring", "fastbridge ring", "fastbridge", _stream_route("ring"), True),
-    Route(6, "numpy", "fastbridge numpy", "fastbridge", _stream_route("numpy"), True),
-    Route(7, "direct", "fastbridge direct", "fastbridge", _stream_route("direct"), True),
-    Route(8, "auto", "fastbridge auto", "fastbridge", _stream_route("auto"), True),
+    Route(5, "ring", "fastbridge ring", "fastbridge", _stream_handoff("ring"), True),
+    Route(6, "numpy", "fastbridge numpy", "fastbridge", _stream_handoff("numpy"), True),
+    Route(7, "direct", "fastbridge direct", "fastbridge", _stream_handoff("direct"), True),
+    Route(8, "auto", "fastbridge auto", "fastbridge", _stream_handoff("auto"), True),
     Route(9, "floor", "floor: as_numpy_iterator only", "floor", _floor, True),
     Route(10, "grain", "Grain experimental.device_put", "anchor", _grain_device_put, True, "grain"),
     Route(11, "keras", "Keras fit input path (JAX)", "anchor", _keras_fit, True, "keras"),
@@ -330,49 +330,56 @@ def resolve(names: str | list[str] | None) -> list[Route]:
         if name == "all":
             return list(ROUTES)
         if name.isdigit() and 1 <= int(name) <= len(ROUTES):
-            route = ROUTES[int(name) - 1]
+            handoff = ROUTES[int(name) - 1]
         elif name in BY_KEY:
-            route = BY_KEY[name]
+            handoff = BY_KEY[name]
         else:
             known = ", ".join(f"{r.number}/{r.key}" for r in ROUTES)
             raise ValueError(f"unknown route {name!r}; choose from {known}")
-        if route not in chosen:
-            chosen.append(route)
+        if handoff not in chosen:
+            chosen.append(handoff)
     if not chosen:
         raise ValueError("no route chosen")
     # Keep the canonical order so every table reads the same way.
     return sorted(chosen, key=lambda r: r.number)
 
 
-def missing(route: Route) -> str | None:
-    """Why ``route`` cannot run here (its optional package is absent), or ``None``."""
-    if route.needs is None:
+def missing(handoff: Route) -> str | None:
+    """Why ``handoff`` cannot run here (its optional package is absent), or ``None``."""
+    if handoff.needs is None:
         return None
-    if importlib.util.find_spec(route.needs) is None:
-        return f"route {route.number} {route.key} skipped: {route.needs} is not installed"
-    if route.needs == "keras" and "keras" in sys.modules:
+    if importlib.util.find_spec(handoff.needs) is None:
+        return f"route {handoff.number} {handoff.key} skipped: {handoff.needs} is not installed"
+    if handoff.needs == "keras" and "keras" in sys.modules:
         backend = sys.modules["keras"].backend.backend()
         if backend != "jax":
             return (
-                f"route {route.number} keras skipped: Keras was imported with the {backend} "
+                f"route {handoff.number} keras skipped: Keras was imported with the {backend} "
                 "backend (set KERAS_BACKEND=jax before importing it)"
             )
     return None
 
 
 def open_route(
-    route: Route, ds: Any, sharding: jax.sharding.Sharding | None = None, **stream_options: Any
+    handoff: Route, ds: Any, sharding: jax.sharding.Sharding | None = None, **stream_options: Any
 ) -> Iterator[Any]:
-    """A fresh iterator of batches for ``route`` over ``ds``, placed by ``sharding`` if given."""
-    if sharding is not None and not route.sharded:
-        raise ValueError(f"route {route.key!r} takes no sharding")
-    if route.kind == "fastbridge":
+    """A fresh iterator of batches for ``handoff`` over ``ds``, placed by ``sharding`` if given."""
+    if sharding is not None and not handoff.sharded:
+        raise ValueError(f"route {handoff.key!r} takes no sharding")
+    if handoff.kind == "fastbridge":
         if sharding is not None:
             stream_options = {**stream_options, "sharding": sharding}
-        return route.open(ds, **stream_options)
-    if route.sharded:
-        return route.open(ds, sharding=sharding)
-    return route.open(ds)
+        return handoff.open(ds, **stream_options)
+    if handoff.sharded:
+        return handoff.open(ds, sharding=sharding)
+    return handoff.open(ds)
+
+
+def close_route(iterator: Iterator[Any]) -> None:
+    """Close an iterator of :func:`open_route` (a generator, or a stream and its thread)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 def current_stream(iterator: Iterator[Any]) -> Any:
@@ -389,14 +396,14 @@ def host_copy(batch: Any) -> Any:
 
 
 def collect(
-    route: Route,
+    handoff: Route,
     ds: Any,
     limit: int | None = None,
     sharding: jax.sharding.Sharding | None = None,
     **stream_options: Any,
 ) -> list[Any]:
-    """Every batch ``route`` delivers for ``ds`` (up to ``limit``), copied to NumPy."""
-    iterator = open_route(route, ds, sharding, **stream_options)
+    """Every batch ``handoff`` delivers for ``ds`` (up to ``limit``), copied to NumPy."""
+    iterator = open_route(handoff, ds, sharding, **stream_options)
     out: list[Any] = []
     try:
         for batch in iterator:
@@ -404,9 +411,7 @@ def collect(
             if limit is not None and len(out) >= limit:
                 break
     finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        close_route(iterator)
     return out
 
 

@@ -4,47 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-import time
 from typing import Any
 
+from .progress import Progress
 from .routes import Route
 
-
-class Progress:
-    """tqdm when installed and wanted, else one plain line now and then."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.bar: Any = None
-        self.last = 0.0
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="run", dynamic_ncols=True, file=sys.stderr)
-            except ImportError:
-                pass
-
-    def update(self, what: str) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.set_description(what, refresh=False)
-            self.bar.update()
-        elif self.enabled and (time.monotonic() - self.last > 5 or self.done == self.total):
-            self.last = time.monotonic()
-            print(f"[{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
-
-    def note(self, text: str) -> None:
-        """A status line above the bar (printing it directly would land inside the bar)."""
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+__all__ = ["Progress", "Run", "sample", "split"]
 
 
 def split(text: str) -> list[str]:
@@ -53,14 +18,14 @@ def split(text: str) -> list[str]:
 
 
 def sample(
-    scenario: str, route: Route, layout: str, size: int, rep: int, **m: Any
+    scenario: str, handoff: Route, layout: str, size: int, rep: int, **m: Any
 ) -> dict[str, Any]:
     """One raw sample: which cell it belongs to, and what was measured (``m``)."""
     return {
         "scenario": scenario,
-        "route": route.key,
-        "route_number": route.number,
-        "label": route.label,
+        "route": handoff.key,
+        "route_number": handoff.number,
+        "label": handoff.label,
         "layout": layout,
         "size_bytes": size,
         "rep": rep,
@@ -83,9 +48,11 @@ class Run:
         """What the fastbridge routes of the tf.data scenarios pass to ``stream()``."""
         return {"prefetch": self.args.prefetch, "copy_threads": self.args.threads}
 
-    def add(self, scenario: str, route: Route, layout: str, size: int, rep: int, **m: Any) -> None:
-        self.samples.append(sample(scenario, route, layout, size, rep, **m))
+    def add(
+        self, scenario: str, handoff: Route, layout: str, size: int, rep: int, **m: Any
+    ) -> None:
+        self.samples.append(sample(scenario, handoff, layout, size, rep, **m))
 
-    def routes(self, keys: tuple[str, ...]) -> list[Route]:
+    def handoffs(self, keys: tuple[str, ...]) -> list[Route]:
         """The chosen routes among ``keys``, in the canonical order."""
         return [r for r in self.chosen if r.key in keys]

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import scenarios as sc
+from .batches import ROWS, batch_nbytes
 from .cells import MEMORY_COUNTS, leaves_layout, parse_size, size_label
 from .leaves import WARMUP, batches_per_run, leaf_batch
+from .loop import measure
 from .routes import Route, _StreamIterator
 from .runner import Run, split
 
@@ -33,10 +34,10 @@ LEAF_BYTES = parse_size("16K")
 
 
 @contextlib.contextmanager
-def forced_transfer(route: str = FORCED_ROUTE) -> Iterator[None]:
-    """``FASTBRIDGE_TRANSFER=route`` for the duration, then as it was."""
+def forced_transfer(transfer: str = FORCED_ROUTE) -> Iterator[None]:
+    """``FASTBRIDGE_TRANSFER=transfer`` for the duration, then as it was."""
     before = os.environ.get(ENVIRONMENT)
-    os.environ[ENVIRONMENT] = route
+    os.environ[ENVIRONMENT] = transfer
     try:
         yield
     finally:
@@ -48,7 +49,7 @@ def forced_transfer(route: str = FORCED_ROUTE) -> Iterator[None]:
 
 def _forced_stream(ds: Any, **options: Any) -> Iterator[Any]:
     # The variable matters only while the stream is made; restoring it at once keeps every
-    # other route, and the rest of the run, on the default route.
+    # other handoff, and the rest of the run, on the default transfer route.
     with forced_transfer():
         return _StreamIterator(ds, "auto", **options)
 
@@ -84,7 +85,7 @@ def shaped_batches(count: int, distinct: bool) -> list[dict[str, np.ndarray]]:
     out = []
     for k in range(count):
         cols = COLUMNS + (k if distinct else count // 2)
-        out.append({f"leaf{i:02d}": np.full((sc.ROWS, cols), k, np.float32) for i in range(LEAVES)})
+        out.append({f"leaf{i:02d}": np.full((ROWS, cols), k, np.float32) for i in range(LEAVES)})
     return out
 
 
@@ -97,9 +98,9 @@ def counts(bench: Run) -> list[int]:
 
 
 def count(bench: Run) -> int:
-    if not bench.routes(("auto",)):
+    if not bench.handoffs(("auto",)):
         return 0
-    sync = len(bench.routes(("device_put",)))
+    sync = len(bench.handoffs(("device_put",)))
     return int(bench.args.repeats) * (2 + len(MEMORY) + len(counts(bench)) * (1 + sync))
 
 
@@ -110,15 +111,15 @@ def transfer_route() -> str | None:
     try:
         for _ in iterator:
             pass
-        route = iterator.stream.stats.transfer_route
-        return None if route is None else str(route)
+        found = iterator.stream.stats.transfer_route
+        return None if found is None else str(found)
     finally:
         iterator.close()
 
 
-def _measure(bench: Run, route: Route, ds: Any, batches: int, keep: bool) -> dict[str, Any]:
+def _measure(bench: Run, handoff: Route, ds: Any, batches: int, keep: bool) -> dict[str, Any]:
     warmup = max(bench.args.warmup, WARMUP)
-    m = sc.measure(route, ds, batches=batches, warmup=warmup, step=None, keep_times=keep)
+    m = measure(handoff, ds, batches=batches, warmup=warmup, step=None, keep_times=keep)
     m["batches_per_s"] = 1.0 / m["wall_s"]
     m["rss_growth"] = m["rss_end"] - m["rss_start"]
     return m
@@ -127,7 +128,7 @@ def _measure(bench: Run, route: Route, ds: Any, batches: int, keep: bool) -> dic
 def run(bench: Run) -> None:
     """``--repeats`` rounds, each: the distinct-shape run, the one-shape run, then the forced
     route and the sync loop at every ceiling leaf count."""
-    if not bench.routes(("auto",)):
+    if not bench.handoffs(("auto",)):
         bench.progress.note("shapes: skipped (it measures auto, which --routes leaves out)")
         return
     args = bench.args
@@ -143,23 +144,23 @@ def run(bench: Run) -> None:
     ceilings = []
     for leaves in counts(bench):
         batch = leaf_batch(leaves, LEAF_BYTES)
-        batches = batches_per_run(args.leaves_batches, sc.batch_nbytes(batch))
+        batches = batches_per_run(args.leaves_batches, batch_nbytes(batch))
         ceilings.append((leaves, batches, [batch] * (batches + extra)))
-    sync = bench.routes(("device_put",))
+    sync = bench.handoffs(("device_put",))
     layout = str(LEAVES)
     for rep in range(args.repeats):
-        for route, data in runs:
-            m = _measure(bench, route, data, args.shapes_batches, keep=True)
-            bench.add("shapes", route, layout, LEAF_BYTES, rep, leaves=LEAVES, **m)
-            bench.progress.update(f"shapes {route.key} {LEAVES}x{size_label(LEAF_BYTES)}")
-        for route, n, data in memory:
-            m = _measure(bench, route, data, n, keep=False)
-            bench.add("shapes", route, layout, LEAF_BYTES, rep, leaves=LEAVES, **m)
+        for handoff, data in runs:
+            m = _measure(bench, handoff, data, args.shapes_batches, keep=True)
+            bench.add("shapes", handoff, layout, LEAF_BYTES, rep, leaves=LEAVES, **m)
+            bench.progress.update(f"shapes {handoff.key} {LEAVES}x{size_label(LEAF_BYTES)}")
+        for handoff, n, data in memory:
+            m = _measure(bench, handoff, data, n, keep=False)
+            bench.add("shapes", handoff, layout, LEAF_BYTES, rep, leaves=LEAVES, **m)
             bench.progress.update(f"shapes memory {n} new shapes")
         for leaves, batches, data in ceilings:
-            for route in (FORCED, *sync):
-                m = _measure(bench, route, data, batches, keep=False)
+            for handoff in (FORCED, *sync):
+                m = _measure(bench, handoff, data, batches, keep=False)
                 where = leaves_layout("numpy", leaves)
-                bench.add("forced", route, where, LEAF_BYTES, rep, leaves=leaves, **m)
-                bench.progress.update(f"shapes ceiling {leaves}x16 KiB {route.key}")
+                bench.add("forced", handoff, where, LEAF_BYTES, rep, leaves=leaves, **m)
+                bench.progress.update(f"shapes ceiling {leaves}x16 KiB {handoff.key}")
     del runs, memory, ceilings

@@ -122,11 +122,11 @@ class _Targets:
         )
 
     def best(
-        self, case: tuple[str, str, int], routes: Iterable[str], metric: str, highest: bool
+        self, case: tuple[str, str, int], handoffs: Iterable[str], metric: str, highest: bool
     ) -> str | None:
-        """The route of ``routes`` with the best median ``metric`` in ``case`` (the one to
+        """The handoff of ``handoffs`` with the best median ``metric`` in ``case`` (the one to
         beat; rounds then pair against it), or ``None`` when none of them ran."""
-        found = [(value, r) for r in routes if (value := self.at(*case, r, metric)) is not None]
+        found = [(value, r) for r in handoffs if (value := self.at(*case, r, metric)) is not None]
         if not found:
             return None
         return (max(found) if highest else min(found))[1]
@@ -142,7 +142,7 @@ def check_targets(
     ``high`` are then the lowest and highest ratio over rounds, so a verdict that the noise
     could flip shows as such."""
     t = _Targets(summary, list(samples) if samples is not None else None)
-    _handoff_vs_route3(t)
+    _handoff_scenario_vs_route3(t)
     _vs_peers(t)
     _dict_vs_leaf(t)
     _copy(t)
@@ -166,7 +166,7 @@ ROUTE3_TARGETS: tuple[tuple[str, str, str, str, str, float, Callable[[int], bool
 """handoff: (target, route A, route B, metric, op, goal, at which batch sizes) of A / B."""
 
 
-def _handoff_vs_route3(t: _Targets) -> None:
+def _handoff_scenario_vs_route3(t: _Targets) -> None:
     h = "handoff"
     for layout in t.at.layouts(h):
         for size in t.at.sizes(h, layout):
@@ -215,11 +215,11 @@ def _dict_vs_leaf(t: _Targets) -> None:
     if "dict" not in t.at.layouts(h) or "f32" not in t.at.layouts(h):
         return
     for size in t.at.sizes(h, "dict"):
-        for route in ("auto", "ring"):
+        for handoff in ("auto", "ring"):
             t.add(
-                f"6-leaf dict vs 1 leaf, {route} consumer time",
+                f"6-leaf dict vs 1 leaf, {handoff} consumer time",
                 size_label(size),
-                t.ratio((h, "dict", size, route), (h, "f32", size, route), "consumer_s"),
+                t.ratio((h, "dict", size, handoff), (h, "f32", size, handoff), "consumer_s"),
                 "<=",
                 2.0,
                 scenario=h,

@@ -16,7 +16,8 @@ trying. Submodules: ``_load`` (specs, factories), ``_measure`` (runs and the bud
 from __future__ import annotations
 
 from ._cli import main
-from ._diagnose import Diagnosis, diagnose
+from ._diagnose import diagnose
+from ._diagnosis import Diagnosis
 from ._load import DoctorError, StepError
 
 __all__ = ["Diagnosis", "DoctorError", "StepError", "diagnose", "main"]

@@ -27,13 +27,13 @@ PROBE_BATCHES = 3
 
 @dataclasses.dataclass(frozen=True)
 class Measure:
-    """One thing to time: the source, a handoff route, the step, or a loop (route + step)."""
+    """One thing to time: the source, a handoff, the step, or a loop (a handoff + the step)."""
 
     key: str
     group: str
     """``source``, ``handoff``, ``step`` or ``loop``."""
-    route: str | None
-    """``device_put`` or a fastbridge backend for handoffs and loops."""
+    handoff: str | None
+    """How batches reach JAX, for handoffs and loops: ``device_put`` or a fastbridge backend."""
     label: str
 
 
@@ -45,18 +45,20 @@ def measures(kind: str, with_step: bool, direct: bool = True) -> list[Measure]:
     >>> [m.key for m in measures("iterable", with_step=False)]
     ['source', 'device_put', 'auto', 'ring', 'numpy']
     """
-    routes = ["device_put", "auto", "ring", "numpy"]
-    routes += ["direct"] if kind == "tf.data" and direct else []
+    handoffs = ["device_put", "auto", "ring", "numpy"]
+    handoffs += ["direct"] if kind == "tf.data" and direct else []
     out = [Measure("source", "source", None, "source alone (NumPy)")]
-    out += [Measure(r, "handoff", r, _route_label(r)) for r in routes]
+    out += [Measure(h, "handoff", h, _handoff_label(h)) for h in handoffs]
     if with_step:
         out.append(Measure("step", "step", None, "step alone (resident batch)"))
-        out += [Measure(f"loop:{r}", "loop", r, f"loop: {_route_label(r)} + step") for r in routes]
+        out += [
+            Measure(f"loop:{h}", "loop", h, f"loop: {_handoff_label(h)} + step") for h in handoffs
+        ]
     return out
 
 
-def _route_label(route: str) -> str:
-    return "jax.device_put (plain loop)" if route == "device_put" else f"fastbridge {route}"
+def _handoff_label(handoff: str) -> str:
+    return "jax.device_put (plain loop)" if handoff == "device_put" else f"fastbridge {handoff}"
 
 
 @dataclasses.dataclass
@@ -92,11 +94,11 @@ def _device_put(source: Any) -> Iterator[Any]:
 
 def _open(m: Measure, ctx: Context) -> Any:
     source = fresh(ctx.factory, ctx.name)
-    if m.route is None:
+    if m.handoff is None:
         return numpy_batches(source)
-    if m.route == "device_put":
+    if m.handoff == "device_put":
         return _device_put(source)
-    return stream(source, backend=m.route, prefetch=ctx.prefetch)  # type: ignore[arg-type]
+    return stream(source, backend=m.handoff, prefetch=ctx.prefetch)  # type: ignore[arg-type]
 
 
 def run(m: Measure, ctx: Context, batches: int, deadline: float) -> dict[str, Any] | None:
