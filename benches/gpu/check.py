@@ -20,6 +20,11 @@ short table last. ``--dry`` runs the same code on CPU with tiny sizes (the pinne
 is then "unavailable"). Exit status: 0, or 1 when a batch was corrupted, lost, repeated or
 out of order, or 2 when a phase crashed or no GPU was found.
 
+This file runs the phases; each lives in a module beside it (``h2d``, ``limits``,
+``consumer``, ``correctness``, ``route_runs``), with the run's ``plan``, ``timing``,
+``samples``, ``machine`` facts, ``verdicts`` and ``summary``. They import only the parts of
+``fastbridge.bench`` that do not import TensorFlow: the GPU machine has none.
+
     python benches/gpu/check.py --out gpu-check.json          # on the GPU machine
     python benches/gpu/check.py --dry --budget-seconds 40     # anywhere, on CPU
 """
