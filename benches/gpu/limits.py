@@ -117,7 +117,8 @@ def pinned_copies(
     for kind in (CupyCopy, TorchCopy):
         if kind.name not in wanted:
             unavailable[kind.name] = "unavailable: not requested (--limits)"
-        elif dry:
+            continue
+        if dry:
             unavailable[kind.name] = "unavailable: dry run on CPU (no CUDA)"
             continue
         try:

@@ -29,6 +29,7 @@ def host_arrays(nbytes: int, count: int) -> list[Array]:
 
 
 def cycle(arrays: Sequence[Array], count: int) -> Iterator[Array]:
+    """``count`` batches, taking ``arrays`` in turn."""
     for i in range(count):
         yield arrays[i % len(arrays)]
 
@@ -43,6 +44,8 @@ def stats_dict(stats: Any) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Sample:
+    """``nbytes`` moved in ``seconds`` (wall) and ``cpu_seconds`` (this process's CPU)."""
+
     seconds: float
     cpu_seconds: float
     nbytes: int
