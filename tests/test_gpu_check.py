@@ -35,6 +35,19 @@ def run_check(out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], 
     return done, json.loads(out.read_text())
 
 
+def test_the_check_imports_no_tensorflow():
+    # The GPU machine has no TensorFlow: every module of the check, and every bench part they
+    # import, must load without it.
+    modules = sorted(p.stem for p in CHECK.parent.glob("*.py"))
+    code = f"import sys; import {', '.join(modules)}; print('tensorflow' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHECK.parent), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "False"
+
+
 def bad_counts(report: dict) -> tuple[int, int, int, int]:
     return (report["corrupted"], report["lost"], report["repeated"], report["out_of_order"])
 
