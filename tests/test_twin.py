@@ -215,3 +215,11 @@ def test_a_slot_comes_back_when_its_view_dies_with_an_exception_pending(backend)
     assert (stats["slots_leased"], stats["slots_free"]) == (0, 1), stats
     pool.acquire(PAGE, timeout=0).release()
     pool.close()
+
+
+def test_the_errors_module_examples_run():
+    import doctest
+
+    import fastbridge.errors
+
+    assert doctest.testmod(fastbridge.errors).failed == 0

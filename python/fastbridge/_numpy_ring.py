@@ -2,19 +2,13 @@
 not built, and the comparison path in the benchmark.
 
 They mirror ``fastbridge._core.SlotPool`` and ``ReadyQueue`` method for method, so the stream
-drives both the same way.
-A slot returns to the free list when every view exported from it has been garbage-collected:
-each exported view goes to JAX through DLPack, NumPy's capsule keeps that view alive until
-JAX's deleter runs, and a weak reference to the view then reports it gone.
-
-That report runs no Python code: the weak reference's callback is ``SimpleQueue.put`` (C,
-reentrant), which puts the reference on the pool's return queue. A callback written in Python
-could be interrupted as it starts (a Ctrl-C there is printed as "Exception ignored" and the
-slot would never come back), and one that took the pool's lock could run inside a garbage
-collection on a thread that holds it. The pool counts the returns it finds on that queue
-whenever it looks at its slots (``acquire``, ``stats``, ``close``), before anything else,
-so a slot whose views are gone is free even while its return is still on the way, as in the
-core, where the last reference's drop frees the slot at once.
+drives both the same way. A slot is free again once every view exported from it is gone: each
+view goes to JAX through DLPack, NumPy's capsule keeps it alive until JAX's deleter runs, and a
+weak reference then puts itself on the pool's return queue. That callback is
+``SimpleQueue.put`` (C, reentrant), not Python code, which a Ctrl-C could interrupt as it
+starts ("Exception ignored", and the slot never back). The pool counts the returns on that
+queue first whenever it looks at its slots, so a slot whose views are gone is free even while
+its return is on the way, as in the core, where the last reference's drop frees it at once.
 """
 
 from __future__ import annotations
@@ -84,9 +78,7 @@ class _Slot:
 
 
 class _View(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference to one exported view, naming its slot by id (not holding it: the
-    return queue may outlive the pool, and must not keep its memory)."""
-
+    # Names its slot by id, not the slot: the return queue may outlive the pool and its memory.
     __slots__ = ("slot_id",)
     slot_id: int
 
@@ -158,13 +150,8 @@ class NumpySlot:
     def buffer_id(self) -> int:
         return self._get().id
 
-    @property
-    def cuda(self) -> bool:
-        return False
-
-    @property
-    def locked(self) -> bool:
-        return False
+    cuda = False  # NumPy can neither register memory with CUDA nor lock it
+    locked = False
 
     def fill(self, leaves: list[tuple[np.ndarray, int, int]]) -> None:
         arrays = [np.asarray(array) for array, _, _ in leaves]
@@ -359,12 +346,11 @@ class NumpySlotPool:
         self._max_bytes = max_bytes
         self._queue = queue
         # RLock: close() may run (a stream's finalizer) while this thread holds the lock.
-        # Entered directly (see NumpyQueue). Nobody waits on the Condition (a producer waits on
-        # _returns); it remains the name under which tests hold the pool's lock.
+        # Entered directly (see NumpyQueue); nobody waits on the Condition (tests hold it).
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        # Views gone (a _View) and wake-ups (None): put without a lock from any thread, taken
-        # by the pool under its lock; a producer waiting for a slot blocks on it.
+        # Views gone (a _View) and wake-ups (None), put from any thread without a lock; a
+        # producer waiting for a slot blocks on it.
         self._returns: SimpleQueue[_View | None] = SimpleQueue()
         self._held: dict[int, _Slot] = {}  # leased slots by id
         self._free: collections.deque[_Slot] = collections.deque()
@@ -402,8 +388,7 @@ class NumpySlotPool:
             self._returns.put(event)  # counted by _take, under the lock
 
     def _take(self, nbytes: int) -> _Slot | None:
-        """A slot of at least ``nbytes`` for the producer, or ``None`` when it must wait; the
-        same choices as the core (``Pool::acquire``). The caller holds the lock."""
+        """A slot of ``nbytes`` or more, or ``None``: wait. As the core chooses; lock held."""
         self._reclaim()
         if self._closed:
             raise core_error("closed")
@@ -442,7 +427,7 @@ class NumpySlotPool:
         return slot
 
     def _forget(self, slot: _Slot) -> None:
-        """Drop an unleased slot's memory from the pool (freed once nothing references it)."""
+        """Stop counting an unleased slot (its memory goes with the last reference)."""
         self._slots -= 1
         self._bytes -= slot.buffer.nbytes
 
@@ -458,8 +443,7 @@ class NumpySlotPool:
             if event is not None:
                 self._unref(event.slot_id)
 
-    def _release(self, slot: _Slot) -> None:
-        """The producer's reference to ``slot`` is gone (``NumpySlot.release``)."""
+    def _release(self, slot: _Slot) -> None:  # NumpySlot.release
         if os.getpid() != self._pid:
             return
         with self._lock:

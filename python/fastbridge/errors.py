@@ -5,7 +5,7 @@ Conditions that are fastbridge's own (a source that failed, a leaf that cannot b
 :class:`FastbridgeError`, which also derives from the built-in exception a caller would already
 expect (``TypeError`` for a leaf of the wrong kind, ``MemoryError`` for a pool at its cap, ...),
 so both ``except FastbridgeError`` and ``except TypeError`` work. Every exception class in this
-module is such a subclass.
+module is such a subclass, except the warning :class:`FastbridgeWarning`.
 
 Invalid arguments raise the plain ``ValueError`` (a value out of range or in conflict) or
 ``TypeError`` (a value of the wrong type), as Python's own functions do, each naming the
