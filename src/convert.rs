@@ -2,7 +2,7 @@
 //! whole-dataset conversions fill one preallocated, possibly memory-mapped, array per leaf).
 
 use crate::copy::{self, Conversion, DestError, Source};
-use crate::error::CoreError;
+use crate::error::{message, CoreError};
 use crate::gil;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::prelude::*;
@@ -21,28 +21,34 @@ pub fn copy_into(
     conversion: u8,
     threads: usize,
 ) -> PyResult<usize> {
-    let invalid = |message: String| PyErr::from(CoreError::Invalid(message));
     let conversion = Conversion::from_code(conversion)
-        .ok_or_else(|| invalid(format!("unknown conversion code {conversion}")))?;
+        .ok_or_else(|| message!("unknown_conversion", code = conversion))?;
     let mut dest_buffer = PyUntypedBuffer::get(dest)?;
     let source_buffer = PyUntypedBuffer::get(source)?;
     let source =
-        Source::of(&source_buffer).ok_or_else(|| invalid("source is not C-contiguous".into()))?;
+        Source::of(&source_buffer).ok_or_else(|| message!("not_contiguous", buffer = "source"))?;
     let (src_unit, dst_unit) = conversion.unit();
     if source.len() % src_unit != 0 {
-        return Err(invalid(format!(
-            "conversion {conversion:?} reads {src_unit}-byte items, but the source has {} bytes",
-            source.len()
-        )));
+        let (conversion, size) = (format!("{conversion:?}"), source.len());
+        return Err(message!(
+            "partial_items",
+            conversion = conversion,
+            unit = src_unit,
+            size = size
+        )
+        .into());
     }
     let written = source.len() / src_unit * dst_unit;
     let dest = copy::dest_in(&mut dest_buffer, offset, written, &source).map_err(|e| match e {
-        DestError::ReadOnly => invalid("dest is read-only".into()),
-        DestError::NotContiguous => invalid("dest is not C-contiguous".into()),
-        DestError::Overlap => invalid("source and dest overlap in memory".into()),
-        DestError::TooSmall { capacity } => invalid(format!(
-            "{written} bytes at offset {offset} do not fit the {capacity}-byte destination"
-        )),
+        DestError::ReadOnly => message!("dest_read_only"),
+        DestError::NotContiguous => message!("not_contiguous", buffer = "dest"),
+        DestError::Overlap => message!("buffers_overlap"),
+        DestError::TooSmall { capacity } => message!(
+            "dest_too_small",
+            written = written,
+            offset = offset,
+            capacity = capacity
+        ),
     })?;
     let task = copy::Task {
         leaf: 0,

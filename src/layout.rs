@@ -5,7 +5,7 @@
 
 use crate::copy::Conversion;
 use crate::dlpack::DLDataType;
-use crate::error::CoreError;
+use crate::error::{message, CoreError, Message};
 use crate::memory::LEAF_ALIGN;
 use pyo3::prelude::*;
 
@@ -68,20 +68,17 @@ impl Layout {
     ) -> Result<Self, CoreError> {
         let mut checked = Vec::with_capacity(fills.len());
         for (index, &(source, start, len, offset, code)) in fills.iter().enumerate() {
-            let conversion = Conversion::from_code(code).ok_or_else(|| {
-                CoreError::Invalid(format!("fill {index}: unknown conversion code {code}"))
-            })?;
+            let within = |message: Message| message.within(format!("fill {index}"));
+            let conversion = Conversion::from_code(code)
+                .ok_or_else(|| within(message!("unknown_conversion", code = code)))?;
             if source >= sources {
-                return Err(CoreError::Invalid(format!(
-                    "fill {index}: source {source} of {sources}"
-                )));
+                let error = message!("fill_source", source = source, sources = sources);
+                return Err(within(error).into());
             }
             let (src_unit, _) = conversion.unit();
             if len % src_unit != 0 || start.checked_add(len).is_none() {
-                return Err(CoreError::Invalid(format!(
-                    "fill {index}: {len} bytes from byte {start} are not whole {src_unit}-byte \
-                     elements"
-                )));
+                let error = message!("fill_units", length = len, start = start, unit = src_unit);
+                return Err(within(error).into());
             }
             let fill = Fill {
                 index,
@@ -92,19 +89,15 @@ impl Layout {
                 conversion,
             };
             if offset.checked_add(fill.written()).is_none() {
-                return Err(CoreError::Invalid(format!(
-                    "fill {index}: offset {offset} overflows"
-                )));
+                return Err(within(message!("fill_overflows", offset = offset)).into());
             }
             checked.push(fill);
         }
         checked.sort_by_key(|fill| fill.offset);
         for pair in checked.windows(2) {
             if pair[0].offset + pair[0].written() > pair[1].offset {
-                return Err(CoreError::Invalid(format!(
-                    "fills {} and {} overlap in the slot",
-                    pair[0].index, pair[1].index
-                )));
+                let (first, second) = (pair[0].index, pair[1].index);
+                return Err(message!("fills_overlap", first = first, second = second).into());
             }
         }
         let mut nbytes = checked
@@ -115,7 +108,7 @@ impl Layout {
         let mut leaves = Vec::with_capacity(exports.len());
         for (index, (offset, shape, code, bits, device_id)) in exports.iter().enumerate() {
             let end = export_end(*offset, shape, *bits)
-                .map_err(|why| CoreError::Invalid(format!("export {index}: {why}")))?;
+                .map_err(|why| why.within(format!("export {index}")))?;
             nbytes = nbytes.max(end);
             leaves.push(LeafExport {
                 offset: *offset,
@@ -140,22 +133,30 @@ impl Layout {
 /// The end (exclusive) of `shape` elements of `bits` bits at `offset`, or why no leaf can be
 /// exported there: negative dimensions, item sizes that are not whole bytes, sizes that
 /// overflow, offsets that are not `LEAF_ALIGN`-aligned.
-pub(crate) fn export_end(offset: usize, shape: &[i64], bits: u8) -> Result<usize, String> {
+pub(crate) fn export_end(offset: usize, shape: &[i64], bits: u8) -> Result<usize, Message> {
     if shape.iter().any(|&d| d < 0) {
-        return Err(format!("negative dimension in shape {shape:?}"));
+        return Err(message!("negative_dimension", shape = format!("{shape:?}")));
     }
     if bits == 0 || bits % 8 != 0 {
-        return Err(format!("bits must be a multiple of 8, got {bits}"));
+        return Err(message!("bits_not_bytes", bits = bits));
     }
     if offset % LEAF_ALIGN != 0 {
-        return Err(format!("offset {offset} is not {LEAF_ALIGN}-byte aligned"));
+        return Err(message!("unaligned", offset = offset, align = LEAF_ALIGN));
     }
     shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
         .and_then(|n| n.checked_mul(usize::from(bits / 8)))
         .and_then(|n| n.checked_add(offset))
-        .ok_or_else(|| format!("shape {shape:?} of {bits}-bit items at offset {offset} overflows"))
+        .ok_or_else(|| {
+            let shape = format!("{shape:?}");
+            message!(
+                "export_overflows",
+                shape = shape,
+                bits = bits,
+                offset = offset
+            )
+        })
 }
 
 #[pymethods]

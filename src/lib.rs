@@ -63,6 +63,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let type_codes = dlpack::TYPE_CODES.map(|(name, code, bits)| (name, (code, bits)));
     m.add("DLPACK_TYPE_CODES", type_codes.into_py_dict(py)?)?;
     m.add("MAX_QUEUE_CAPACITY", queue::MAX_CAPACITY)?;
+    // The rules the NumPy twin follows as the core does: leaves this large are copied on
+    // several threads, a wait this long (seconds) is a wait without end, and a blocked wait
+    // checks for Ctrl-C this often (seconds).
+    m.add("PARALLEL_THRESHOLD", copy::PARALLEL_THRESHOLD)?;
+    m.add("FOREVER", queue::FOREVER.as_secs_f64())?;
+    m.add("SIGNAL_POLL", gil::SIGNAL_POLL.as_secs_f64())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

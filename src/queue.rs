@@ -6,7 +6,7 @@
 //! into a list the caller owns, with no Python code run in between, so it is never held only
 //! by a value that an exception could drop on its way back to Python.
 
-use crate::error::CoreError;
+use crate::error::{message, CoreError};
 use crate::gil;
 use crate::notify::Notifier;
 use crate::pool::{AcquireError, Pool};
@@ -28,9 +28,7 @@ pub(crate) fn timeout_from(seconds: Option<f64>) -> Result<Duration, CoreError> 
         None => Ok(FOREVER),
         // Clamped before converting: `Duration::from_secs_f64` panics on huge values.
         Some(s) if s >= 0.0 => Ok(Duration::from_secs_f64(s.min(FOREVER.as_secs_f64()))),
-        Some(s) => Err(CoreError::Invalid(format!(
-            "timeout must be a number of seconds >= 0 or None, got {s}"
-        ))),
+        Some(s) => Err(message!("bad_timeout", timeout = s).into()),
     }
 }
 
@@ -54,7 +52,7 @@ impl QueueCore {
     pub(crate) fn feed(&self, pool: Pool) -> Result<(), CoreError> {
         self.pool
             .set(pool)
-            .map_err(|_| CoreError::Invalid("a ReadyQueue feeds one SlotPool only".into()))
+            .map_err(|_| message!("queue_has_pool").into())
     }
 
     fn wake_pool(&self) {
@@ -75,10 +73,8 @@ impl ReadyQueue {
     #[new]
     fn new(capacity: usize) -> PyResult<Self> {
         if capacity == 0 || capacity > MAX_CAPACITY {
-            return Err(CoreError::Invalid(format!(
-                "capacity must be between 1 and {MAX_CAPACITY}, got {capacity}"
-            ))
-            .into());
+            let error = message!("queue_capacity", limit = MAX_CAPACITY, capacity = capacity);
+            return Err(error.into());
         }
         Ok(Self {
             core: Arc::new(QueueCore {

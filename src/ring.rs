@@ -3,7 +3,7 @@
 
 use crate::copy::{self, Conversion, Source};
 use crate::dlpack::{self, DLDataType, DLDevice, Export};
-use crate::error::CoreError;
+use crate::error::{message, CoreError};
 use crate::gil;
 use crate::layout::{export_end, Fill, Layout};
 use crate::pool::{AcquireError, Lease, Pool, PoolConfig};
@@ -49,10 +49,12 @@ impl SlotPool {
         queue: Option<PyRef<'_, ReadyQueue>>,
     ) -> PyResult<Self> {
         if slots == 0 {
-            return Err(CoreError::Invalid("slots must be >= 1, got 0".into()).into());
+            return Err(message!("at_least_one", name = "slots", value = slots).into());
         }
         if copy_threads == 0 {
-            return Err(CoreError::Invalid("copy_threads must be >= 1, got 0".into()).into());
+            return Err(
+                message!("at_least_one", name = "copy_threads", value = copy_threads).into(),
+            );
         }
         let pool = Pool::new(PoolConfig {
             slots,
@@ -136,7 +138,11 @@ pub struct Slot {
 }
 
 fn released() -> CoreError {
-    CoreError::Invalid("the slot was released".into())
+    message!("released").into()
+}
+
+fn already_exported() -> CoreError {
+    message!("already_exported").into()
 }
 
 impl Slot {
@@ -153,7 +159,7 @@ impl Slot {
     /// 3 u64→u32, 4 c128→c64). `write` does the same from a `Layout` made once.
     fn fill(&mut self, py: Python<'_>, leaves: Vec<(Bound<'_, PyAny>, usize, u8)>) -> PyResult<()> {
         let lease = self.lease.as_mut().ok_or_else(released)?;
-        let lease = Arc::get_mut(lease).ok_or(CoreError::AlreadyExported)?;
+        let lease = Arc::get_mut(lease).ok_or_else(already_exported)?;
         let mut sources = Vec::with_capacity(leaves.len());
         let mut fills = Vec::with_capacity(leaves.len());
         for (index, (array, offset, code)) in leaves.into_iter().enumerate() {
@@ -183,14 +189,10 @@ impl Slot {
         layout: PyRef<'_, Layout>,
     ) -> PyResult<Vec<Leaf>> {
         let lease = self.lease.as_mut().ok_or_else(released)?;
-        let lease = Arc::get_mut(lease).ok_or(CoreError::AlreadyExported)?;
+        let lease = Arc::get_mut(lease).ok_or_else(already_exported)?;
         if sources.len() != layout.sources {
-            return Err(CoreError::Invalid(format!(
-                "the layout takes {} sources, got {}",
-                layout.sources,
-                sources.len()
-            ))
-            .into());
+            let (expected, given) = (layout.sources, sources.len());
+            return Err(message!("layout_sources", expected = expected, given = given).into());
         }
         let buffers = sources
             .iter()
@@ -238,13 +240,17 @@ impl Slot {
         let lease = self.lease()?;
         let capacity = lease.buffer().capacity();
         match export_end(offset, &shape, bits) {
-            Err(why) => return Err(CoreError::Invalid(why).into()),
+            Err(why) => return Err(why.into()),
             Ok(end) if end > capacity => {
-                return Err(CoreError::Invalid(format!(
-                    "shape {shape:?} of {bits}-bit items at offset {offset} exceeds the \
-                     {capacity}-byte slot"
-                ))
-                .into())
+                let shape = format!("{shape:?}");
+                return Err(message!(
+                    "export_past_slot",
+                    shape = shape,
+                    bits = bits,
+                    offset = offset,
+                    capacity = capacity
+                )
+                .into());
             }
             Ok(_) => {}
         }
@@ -323,37 +329,27 @@ fn fill_slot(
 ) -> PyResult<()> {
     let capacity = lease.buffer().capacity();
     if layout.nbytes > capacity {
-        return Err(CoreError::Invalid(format!(
-            "the layout needs {} bytes, the slot has {capacity}",
-            layout.nbytes
-        ))
-        .into());
+        let needed = layout.nbytes;
+        return Err(message!("layout_too_large", needed = needed, capacity = capacity).into());
     }
     let mut views = Vec::with_capacity(sources.len());
     for (index, buffer) in sources.iter().enumerate() {
         let view = Source::of(buffer)
-            .ok_or_else(|| CoreError::Invalid(format!("source {index} is not C-contiguous")))?;
+            .ok_or_else(|| message!("not_contiguous", buffer = format!("source {index}")))?;
         views.push(view);
     }
     for fill in &layout.fills {
         let (buffer, view) = (&sources[fill.source], &views[fill.source]);
         if fill.start + fill.len > view.len() {
-            return Err(CoreError::Invalid(format!(
-                "fill {}: bytes {}..{} of a {}-byte source",
-                fill.index,
-                fill.start,
-                fill.start + fill.len,
-                view.len()
-            ))
-            .into());
+            let (start, end, size) = (fill.start, fill.start + fill.len, view.len());
+            let error = message!("past_source", start = start, end = end, size = size);
+            return Err(error.within(format!("fill {}", fill.index)).into());
         }
         let item = buffer.item_size();
         if fill.conversion != Conversion::Copy && item != 8 && item != 16 {
-            return Err(CoreError::Invalid(format!(
-                "fill {}: conversion {:?} needs 8- or 16-byte items, got {item}",
-                fill.index, fill.conversion
-            ))
-            .into());
+            let conversion = format!("{:?}", fill.conversion);
+            let error = message!("item_size", conversion = conversion, item = item);
+            return Err(error.within(format!("fill {}", fill.index)).into());
         }
     }
     let started = Instant::now();
@@ -408,20 +404,13 @@ impl Leaf {
         // Host memory has no stream to synchronise with; any value is accepted and ignored.
         let _ = stream;
         if copy == Some(true) {
-            return Err(CoreError::BadBuffer(
-                "fastbridge leaves export their slot memory only; copy=True is not supported"
-                    .into(),
-            )
-            .into());
+            return Err(message!("copy_refused").into());
         }
         if let Some((device_type, device_id)) = dl_device {
             if (device_type, device_id) != (self.device.device_type, self.device.device_id) {
-                return Err(CoreError::BadBuffer(format!(
-                    "leaf lives on DLPack device {:?}, cannot export to {:?}",
-                    (self.device.device_type, self.device.device_id),
-                    (device_type, device_id)
-                ))
-                .into());
+                let device = format!("{:?}", (self.device.device_type, self.device.device_id));
+                let asked = format!("{:?}", (device_type, device_id));
+                return Err(message!("wrong_device", device = device, asked = asked).into());
             }
         }
         let versioned = max_version.is_some_and(|(major, _)| major >= 1);

@@ -2,12 +2,15 @@
 
 Conversion codes, the narrowings they perform, DLPack type codes and alignments are defined
 once in the core (``_core.CONVERSIONS``, ``NARROWINGS``, ``DLPACK_TYPE_CODES``, ``LEAF_ALIGN``,
-``PAGE_SIZE``, ``MAX_QUEUE_CAPACITY``). Python takes them from ``fastbridge._native``, which
+``PAGE_SIZE``, ``MAX_QUEUE_CAPACITY``, and the twin's rules: ``PARALLEL_THRESHOLD``,
+``FOREVER``, ``SIGNAL_POLL``). Python takes them from ``fastbridge._native``, which
 holds the only other copy, for installs without the extension: it must match the core, and
 every table Python derives from them must agree with what the core does.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +18,16 @@ import pytest
 from fastbridge import _leaves, _native, _numpy_ring
 
 pytestmark = pytest.mark.skipif(_native.core is None, reason="needs the Rust extension")
-FACTS = ["PAGE_SIZE", "LEAF_ALIGN", "MAX_QUEUE_CAPACITY", "CONVERSIONS", "NARROWINGS"]
+FACTS = [
+    "PAGE_SIZE",
+    "LEAF_ALIGN",
+    "MAX_QUEUE_CAPACITY",
+    "CONVERSIONS",
+    "NARROWINGS",
+    "PARALLEL_THRESHOLD",
+    "FOREVER",
+    "SIGNAL_POLL",
+]
 
 
 @pytest.mark.parametrize("name", [*FACTS, "DLPACK_TYPE_CODES"])
@@ -50,3 +62,10 @@ def test_a_narrowed_leaf_round_trips_through_the_core_code():
     out = np.empty(3, np.float32)
     _native.core.copy_into(out.view(np.uint8), 0, values, _leaves.F64_TO_F32)
     np.testing.assert_array_equal(out, values.astype(np.float32))
+
+
+def test_the_twin_reads_the_core_rules_instead_of_copying_them():
+    source = inspect.getsource(_numpy_ring)
+    for name in ("PARALLEL_THRESHOLD", "FOREVER", "SIGNAL_POLL"):
+        assert getattr(_native, name) == getattr(_native.core, name)
+        assert f"{name} = " not in source, f"_numpy_ring defines its own {name}"

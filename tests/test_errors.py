@@ -202,6 +202,22 @@ def test_bad_sources_and_devices_are_type_errors():
             next(s)
 
 
+def test_every_exception_class_of_the_errors_module_is_a_fastbridge_error():
+    """What the module's docstring promises: every exception class it defines (exported or
+    not), the one warning aside, derives from FastbridgeError."""
+    defined = [
+        kind
+        for kind in vars(fastbridge.errors).values()
+        if isinstance(kind, type)
+        and issubclass(kind, BaseException)
+        and kind.__module__ == "fastbridge.errors"
+    ]
+    assert len(defined) >= 14
+    for kind in defined:
+        if kind is not fastbridge.FastbridgeWarning:
+            assert issubclass(kind, fastbridge.FastbridgeError), kind.__name__
+
+
 def test_every_error_is_a_fastbridge_error():
     for name in fastbridge.errors.__all__:
         kind = getattr(fastbridge, name)

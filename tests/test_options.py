@@ -232,3 +232,31 @@ def test_warnings_point_at_the_users_line_however_the_stream_is_made():
         with pytest.warns(fastbridge.FastbridgeWarning) as caught:
             make().close()
         assert caught[0].filename == __file__, caught[0].filename
+
+
+def test_service_follows_one_rule_for_stream_and_distribute():
+    """``service=`` takes what ``service.distribute`` takes: an address, or an object whose
+    ``.target`` is one; both refuse the rest with the same errors."""
+
+    class Dispatcher:
+        target = "grpc://localhost:5050"
+
+    assert StreamOptions(service="localhost:5050").service == "localhost:5050"
+    assert isinstance(StreamOptions(service=Dispatcher()).service, Dispatcher)
+    with pytest.raises(ValueError, match=r"^service must be .*'localhost'"):
+        StreamOptions(service="localhost")
+    with pytest.raises(TypeError, match=r"^service must be .*\.target"):
+        StreamOptions(service=5050)  # type: ignore[arg-type]
+
+
+def test_one_integer_check_names_the_option():
+    from fastbridge._options import check_int
+
+    check_int("n", 3, 1)
+    check_int("n", None, 1, 8, optional=True)
+    with pytest.raises(ValueError, match=r"^n must be an int >= 1, got 0$"):
+        check_int("n", 0, 1)
+    with pytest.raises(TypeError, match=r"^n must be an int from 1 to 8 or None, got True$"):
+        check_int("n", True, 1, 8, optional=True)
+    with pytest.raises(ValueError, match=r"^n must be an int >= 1, got 1\.5$"):
+        check_int("n", 1.5, 1, wrong_type=ValueError)

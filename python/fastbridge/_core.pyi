@@ -7,10 +7,13 @@ from typing_extensions import CapsuleType
 __all__ = [
     "CONVERSIONS",
     "DLPACK_TYPE_CODES",
+    "FOREVER",
     "LEAF_ALIGN",
     "MAX_QUEUE_CAPACITY",
     "NARROWINGS",
     "PAGE_SIZE",
+    "PARALLEL_THRESHOLD",
+    "SIGNAL_POLL",
     "Layout",
     "Leaf",
     "ReadyQueue",
@@ -31,6 +34,12 @@ NARROWINGS: dict[str, tuple[str, int]]
 """Source NumPy dtype name -> (target dtype name, conversion code) of each narrowing."""
 DLPACK_TYPE_CODES: dict[str, tuple[int, int]]
 """NumPy dtype name -> (DLPack type code, bits), as ``Slot.export`` takes them."""
+PARALLEL_THRESHOLD: int
+"""Leaves of at least this many bytes are copied in parts on several threads."""
+FOREVER: float
+"""A wait of at least this many seconds (or ``None``, or ``inf``) waits without end."""
+SIGNAL_POLL: float
+"""Seconds between checks for pending signals (Ctrl-C) while a call waits."""
 __version__: str
 
 @final

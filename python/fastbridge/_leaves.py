@@ -24,7 +24,6 @@ COPY = CONVERSIONS["copy"]
 F64_TO_F32 = CONVERSIONS["f64_to_f32"]
 I64_TO_I32 = CONVERSIONS["i64_to_i32"]
 U64_TO_U32 = CONVERSIONS["u64_to_u32"]
-C128_TO_C64 = CONVERSIONS["c128_to_c64"]
 # Any other per-leaf conversion asked for with ``dtypes=``: NumPy casts on the producer thread,
 # then the cast array is copied as is.
 CAST = -1

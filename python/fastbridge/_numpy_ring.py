@@ -2,10 +2,13 @@
 not built, and the comparison path in the benchmark.
 
 They mirror ``fastbridge._core.SlotPool`` and ``ReadyQueue`` method for method, so the stream
-drives both the same way.
-A slot returns to the free list when every view exported from it has been garbage-collected:
-each exported view goes to JAX through DLPack, NumPy's capsule keeps that view alive until
-JAX's deleter runs, and a ``weakref.finalize`` on the view then gives the slot back.
+drives both the same way. A slot is free again once every view exported from it is gone: each
+view goes to JAX through DLPack, NumPy's capsule keeps it alive until JAX's deleter runs, and a
+weak reference then puts itself on the pool's return queue. That callback is
+``SimpleQueue.put`` (C, reentrant), not Python code, which a Ctrl-C could interrupt as it
+starts ("Exception ignored", and the slot never back). The pool counts the returns on that
+queue first whenever it looks at its slots, so a slot whose views are gone is free even while
+its return is on the way, as in the core, where the last reference's drop frees it at once.
 """
 
 from __future__ import annotations
@@ -17,18 +20,23 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import numpy as np
 
 from ._leaves import COPY, I64_TO_I32, U64_TO_U32
-from ._native import DLPACK_TYPE_CODES, LEAF_ALIGN, MAX_QUEUE_CAPACITY, NARROWINGS, PAGE_SIZE
-from .errors import CoreRangeError, PoolExhaustedError, SlotTimeoutError, StreamClosedError
-
-_SIGNAL_POLL = 0.05
-# Leaves at least this large are copied in parts on ``copy_threads`` threads (NumPy releases
-# the GIL while it copies), as the core does above the same size (copy.rs).
-PARALLEL_BYTES = 4 << 20
+from ._native import (
+    DLPACK_TYPE_CODES,
+    FOREVER,
+    LEAF_ALIGN,
+    MAX_QUEUE_CAPACITY,
+    NARROWINGS,
+    PAGE_SIZE,
+    PARALLEL_THRESHOLD,
+    SIGNAL_POLL,
+)
+from .errors import CoreRangeError, core_error
 
 # Conversion code -> the dtype it reads and the narrower dtype it writes.
 _SOURCE = {code: np.dtype(source) for source, (_, code) in NARROWINGS.items()}
@@ -41,17 +49,14 @@ _DLPACK_DTYPES = {
 }
 
 
-_FOREVER = 365 * 24 * 3600.0  # as the core: a wait past a year is a wait without end
-
-
 def _deadline(timeout: float | None) -> float | None:
     """The monotonic time a wait of ``timeout`` seconds ends (``None``: never), checked as the
     core checks it."""
     if timeout is None:
         return None
     if not timeout >= 0:  # NaN too
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout}")
-    return None if timeout >= _FOREVER else time.monotonic() + timeout
+        raise core_error("bad_timeout", timeout=timeout)
+    return None if timeout >= FOREVER else time.monotonic() + timeout
 
 
 def _aligned_buffer(nbytes: int) -> np.ndarray:
@@ -62,13 +67,20 @@ def _aligned_buffer(nbytes: int) -> np.ndarray:
 
 
 class _Slot:
-    __slots__ = ("buffer", "id", "refs")
+    __slots__ = ("buffer", "id", "refs", "views")
     _ids = itertools.count(1)
 
     def __init__(self, buffer: np.ndarray) -> None:
         self.buffer = buffer
         self.id = next(self._ids)  # never reused, unlike the buffer's address
-        self.refs = 0
+        self.refs = 0  # the producer's slot, if not released yet, and each live view
+        self.views: list[_View] = []  # kept so that their callbacks run
+
+
+class _View(weakref.ref):  # type: ignore[type-arg]
+    # Names its slot by id, not the slot: the return queue may outlive the pool and its memory.
+    __slots__ = ("slot_id",)
+    slot_id: int
 
 
 class NumpyLayout:
@@ -82,31 +94,29 @@ class NumpyLayout:
     ) -> None:
         checked = []
         for index, (source, start, length, offset, conversion) in enumerate(fills):
+            within = f"fill {index}"
             if conversion != COPY and conversion not in _SOURCE:
-                raise ValueError(f"fill {index}: unknown conversion code {conversion}")
+                raise core_error("unknown_conversion", within, code=conversion)
             if not 0 <= source < sources:
-                raise ValueError(f"fill {index}: source {source} of {sources}")
+                raise core_error("fill_source", within, source=source, sources=sources)
             unit = 1 if conversion == COPY else _SOURCE[conversion].itemsize
             if length % unit:
-                raise ValueError(
-                    f"fill {index}: {length} bytes from byte {start} are not whole "
-                    f"{unit}-byte elements"
-                )
+                raise core_error("fill_units", within, length=length, start=start, unit=unit)
             written = length if conversion == COPY else length // 2
             checked.append((index, source, start, length, offset, conversion, written))
         checked.sort(key=lambda fill: fill[4])
         for a, b in itertools.pairwise(checked):
             if a[4] + a[6] > b[4]:
-                raise ValueError(f"fills {a[0]} and {b[0]} overlap in the slot")
+                raise core_error("fills_overlap", first=a[0], second=b[0])
         self.fills = [fill[:6] for fill in checked]
         self.sources = sources
         self.leaves = [
             (offset, list(shape), code, bits) for offset, shape, code, bits, _ in exports
         ]
         ends = [fill[4] + fill[6] for fill in checked]
-        for offset, shape, _, bits, _ in exports:
+        for index, (offset, shape, _, bits, _) in enumerate(exports):
             if offset % LEAF_ALIGN:
-                raise ValueError(f"offset {offset} is not {LEAF_ALIGN}-byte aligned")
+                raise core_error("unaligned", f"export {index}", offset=offset, align=LEAF_ALIGN)
             ends.append(offset + int(np.prod(shape, dtype=np.int64)) * (bits // 8))
         self.nbytes = max(ends, default=0)
 
@@ -122,11 +132,10 @@ class NumpySlot:
         self._ring = ring
         self._slot: _Slot | None = slot
         self._exported = False
-        slot.refs = 1
 
     def _get(self) -> _Slot:
         if self._slot is None:
-            raise ValueError("the slot was released")
+            raise core_error("released")
         return self._slot
 
     @property
@@ -141,13 +150,8 @@ class NumpySlot:
     def buffer_id(self) -> int:
         return self._get().id
 
-    @property
-    def cuda(self) -> bool:
-        return False
-
-    @property
-    def locked(self) -> bool:
-        return False
+    cuda = False  # NumPy can neither register memory with CUDA nor lock it
+    locked = False
 
     def fill(self, leaves: list[tuple[np.ndarray, int, int]]) -> None:
         arrays = [np.asarray(array) for array, _, _ in leaves]
@@ -160,28 +164,25 @@ class NumpySlot:
     def write(self, sources: list[np.ndarray], layout: NumpyLayout) -> list[np.ndarray]:
         """``fastbridge._core.Slot.write``: fill as ``layout`` says, then export its leaves."""
         if len(sources) != layout.sources:
-            raise ValueError(f"the layout takes {layout.sources} sources, got {len(sources)}")
+            raise core_error("layout_sources", expected=layout.sources, given=len(sources))
         self._fill(sources, layout)
         return [self.export(*leaf) for leaf in layout.leaves]
 
     def _fill(self, sources: list[np.ndarray], layout: NumpyLayout) -> None:
         slot = self._get()
         if self._exported:
-            raise RuntimeError("a slot cannot be written after it has been exported")
+            raise core_error("already_exported")
         if layout.nbytes > slot.buffer.nbytes:
-            raise ValueError(
-                f"the layout needs {layout.nbytes} bytes, the slot has {slot.buffer.nbytes}"
-            )
+            raise core_error("layout_too_large", needed=layout.nbytes, capacity=slot.buffer.nbytes)
         started = time.perf_counter()
         copied = 0
         for index, source, start, length, offset, conversion in layout.fills:
             array = sources[source]
             if not array.flags.c_contiguous:
-                raise ValueError(f"source {source} is not C-contiguous")
+                raise core_error("not_contiguous", buffer=f"source {source}")
             if start + length > array.nbytes:
-                raise ValueError(
-                    f"fill {index}: bytes {start}..{start + length} of a {array.nbytes}-byte source"
-                )
+                end, size = start + length, array.nbytes
+                raise core_error("past_source", f"fill {index}", start=start, end=end, size=size)
             part = array.reshape(-1).view(np.uint8)[start : start + length]
             if conversion == COPY:
                 dest = slot.buffer[offset : offset + length]
@@ -207,8 +208,10 @@ class NumpySlot:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         inner = slot.buffer[offset : offset + nbytes].view(dtype).reshape(shape)
         self._exported = True
+        view = _View(inner, self._ring._returns.put)
+        view.slot_id = slot.id
+        slot.views.append(view)
         slot.refs += 1
-        weakref.finalize(inner, self._ring._unref, slot)
         # The view handed out sees `inner` through a DLPack capsule: NumPy collapses a view of
         # a view onto the array that owns the memory (the slot's buffer), so a view someone
         # takes of a plain view would outlive it and free the slot early; a view of this one
@@ -218,7 +221,7 @@ class NumpySlot:
     def release(self) -> None:
         if self._slot is not None:
             slot, self._slot = self._slot, None
-            self._ring._unref(slot)
+            self._ring._release(slot)
 
 
 class NumpyQueue:
@@ -230,7 +233,7 @@ class NumpyQueue:
 
     def __init__(self, capacity: int) -> None:
         if not 1 <= capacity <= MAX_QUEUE_CAPACITY:
-            raise ValueError(f"capacity must be between 1 and {MAX_QUEUE_CAPACITY}, got {capacity}")
+            raise core_error("queue_capacity", limit=MAX_QUEUE_CAPACITY, capacity=capacity)
         self._capacity = capacity
         # Enter the RLock, never the Condition: Condition.__enter__ is Python code, and a
         # KeyboardInterrupt raised in it after the lock was taken would leave it held for ever.
@@ -245,7 +248,7 @@ class NumpyQueue:
 
     def _feed(self, pool: NumpySlotPool) -> None:
         if self._pools:
-            raise ValueError("a NumpyQueue feeds one NumpySlotPool only")
+            raise core_error("queue_has_pool")
         self._pools.append(pool)
 
     def starving(self) -> bool:
@@ -274,14 +277,14 @@ class NumpyQueue:
             with self._lock:
                 while not self._ready:
                     if self._closed:
-                        raise StreamClosedError("the stream was closed")
+                        raise core_error("closed")
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
                     if not waiting:
                         waiting = self._consumer_waiting = True
                         self._wake_pools()
-                    wait = _SIGNAL_POLL if remaining is None else min(_SIGNAL_POLL, remaining)
+                    wait = SIGNAL_POLL if remaining is None else min(SIGNAL_POLL, remaining)
                     self._cond.wait(wait)  # a KeyboardInterrupt here leaves the item queued
                 # Subscripts and in-place concatenation call no Python-level function, so no
                 # signal handler can run between taking the item and storing it in holder.
@@ -333,19 +336,23 @@ class NumpySlotPool:
         queue: NumpyQueue | None = None,
     ) -> None:
         if slots < 1:
-            raise ValueError(f"slots must be >= 1, got {slots}")
+            raise core_error("at_least_one", name="slots", value=slots)
         if copy_threads < 1:
-            raise ValueError(f"copy_threads must be >= 1, got {copy_threads}")
+            raise core_error("at_least_one", name="copy_threads", value=copy_threads)
         del lock, cuda  # NumPy can neither pin memory nor register it with CUDA
         self._copy_threads = copy_threads
         self._copier: ThreadPoolExecutor | None = None  # started by the first large copy
         self._target_slots = slots
         self._max_bytes = max_bytes
         self._queue = queue
-        # RLock: a finalizer may run (garbage collection) while this thread holds the lock.
-        # Entered directly, never through the Condition (see NumpyQueue).
+        # RLock: close() may run (a stream's finalizer) while this thread holds the lock.
+        # Entered directly (see NumpyQueue); nobody waits on the Condition (tests hold it).
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
+        # Views gone (a _View) and wake-ups (None), put from any thread without a lock; a
+        # producer waiting for a slot blocks on it.
+        self._returns: SimpleQueue[_View | None] = SimpleQueue()
+        self._held: dict[int, _Slot] = {}  # leased slots by id
         self._free: collections.deque[_Slot] = collections.deque()
         self._slots = 0
         self._bytes = 0
@@ -356,55 +363,62 @@ class NumpySlotPool:
         self._bytes_copied = 0
         self._fill_seconds = 0.0
         # After fork() the child inherits this pool but not the producer thread, which may have
-        # held the lock at that moment: the child must never wait on it (see _unref, close).
+        # held the lock at that moment: the child must never wait on it (see _release, close).
         self._pid = os.getpid()
         if queue is not None:
             queue._feed(self)
 
     def _wake(self) -> None:
-        with self._lock:
-            self._cond.notify_all()
+        self._returns.put(None)
 
     def acquire(self, nbytes: int, timeout: float | None = None) -> NumpySlot:
         deadline = _deadline(timeout)
-        with self._lock:
-            while True:
-                if self._closed:
-                    raise StreamClosedError("the stream was closed")
-                if self._free:
-                    slot = self._free.popleft()
-                    if slot.buffer.nbytes < nbytes:
-                        self._bytes -= slot.buffer.nbytes
-                        self._slots -= 1
-                        slot = self._allocate(nbytes, grown=False)
-                    break
-                if self._slots < self._target_slots:
-                    slot = self._allocate(nbytes, grown=False)
-                    break
-                if self._queue is not None and self._queue.starving():
-                    slot = self._allocate(nbytes, grown=True)
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise SlotTimeoutError("timed out waiting for a free slot")
-                self._cond.wait(remaining)
-            self._leased += 1
-        return NumpySlot(self, slot)
+        while True:
+            with self._lock:
+                slot = self._take(nbytes)
+            if slot is not None:
+                return NumpySlot(self, slot)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise core_error("slot_timeout")
+            try:  # until a view is gone, a slot released, the consumer starving, or close()
+                event = self._returns.get(timeout=remaining)
+            except Empty:
+                continue
+            self._returns.put(event)  # counted by _take, under the lock
+
+    def _take(self, nbytes: int) -> _Slot | None:
+        """A slot of ``nbytes`` or more, or ``None``: wait. As the core chooses; lock held."""
+        self._reclaim()
+        if self._closed:
+            raise core_error("closed")
+        if self._free:
+            slot = self._free.popleft()
+            if slot.buffer.nbytes < nbytes:  # batches grew: replace the slot, never truncate
+                self._forget(slot)
+                slot = self._allocate(nbytes, grown=False)
+        elif self._slots < self._target_slots:
+            slot = self._allocate(nbytes, grown=False)
+        elif self._queue is not None and self._queue.starving():
+            slot = self._allocate(nbytes, grown=True)
+        else:
+            return None
+        slot.refs = 1
+        self._held[slot.id] = slot
+        self._leased += 1
+        return slot
 
     def _allocate(self, nbytes: int, *, grown: bool) -> _Slot:
-        capacity = max(PAGE_SIZE, -(-nbytes // PAGE_SIZE) * PAGE_SIZE)
-        if self._max_bytes is not None and self._bytes + capacity > self._max_bytes:
-            # Free slots count against the cap too: give them back before refusing, so that a
-            # refusal only ever means memory that batches really hold.
+        # Checked against the bytes asked for, not the whole pages allocated, as the core does.
+        if self._max_bytes is not None and self._bytes + nbytes > self._max_bytes:
+            # Only slots that batches still reference count against the cap: count the views
+            # gone meanwhile, and give free slots back, before refusing.
+            self._reclaim()
             while self._free:
-                freed = self._free.popleft()
-                self._slots -= 1
-                self._bytes -= freed.buffer.nbytes
-        if self._max_bytes is not None and self._bytes + capacity > self._max_bytes:
-            raise PoolExhaustedError(
-                f"max_pool_bytes={self._max_bytes} reached: the pool already holds "
-                f"{self._bytes} bytes in slots that batches still reference, and the next "
-                f"batch needs {capacity} more; release batches you keep, or raise max_pool_bytes"
+                self._forget(self._free.popleft())
+        if self._max_bytes is not None and self._bytes + nbytes > self._max_bytes:
+            raise core_error(
+                "pool_exhausted", max_bytes=self._max_bytes, held=self._bytes, requested=nbytes
             )
         slot = _Slot(_aligned_buffer(nbytes))
         self._slots += 1
@@ -412,25 +426,47 @@ class NumpySlotPool:
         self._grown += int(grown)
         return slot
 
-    def _unref(self, slot: _Slot) -> None:
+    def _forget(self, slot: _Slot) -> None:
+        """Stop counting an unleased slot (its memory goes with the last reference)."""
+        self._slots -= 1
+        self._bytes -= slot.buffer.nbytes
+
+    def _reclaim(self) -> None:
+        """Count every view reported gone. The caller holds the lock."""
         if os.getpid() != self._pid:
-            return  # a forked child: leave the inherited slot alone
-        with self._lock:
-            slot.refs -= 1
-            if slot.refs:
+            return  # a forked child: leave the inherited slots alone
+        while True:
+            try:
+                event = self._returns.get_nowait()
+            except Empty:
                 return
-            self._leased -= 1
-            if self._closed:
-                self._slots -= 1
-                self._bytes -= slot.buffer.nbytes
-            else:
-                self._free.append(slot)
-            self._cond.notify_all()
+            if event is not None:
+                self._unref(event.slot_id)
+
+    def _release(self, slot: _Slot) -> None:  # NumpySlot.release
+        if os.getpid() != self._pid:
+            return
+        with self._lock:
+            self._unref(slot.id)
+        self._wake()  # the slot may be free: a producer may be waiting (another thread's)
+
+    def _unref(self, slot_id: int) -> None:
+        slot = self._held[slot_id]
+        slot.refs -= 1
+        if slot.refs:
+            return
+        del self._held[slot_id]
+        slot.views.clear()
+        self._leased -= 1
+        if self._closed:
+            self._forget(slot)
+        else:
+            self._free.append(slot)
 
     def _copy(self, dest: np.ndarray, source: np.ndarray) -> None:
         """``dest[...] = source`` (converting), split across threads when it is large."""
         threads = self._copy_threads
-        if threads == 1 or source.nbytes < PARALLEL_BYTES or source.size < threads:
+        if threads == 1 or source.nbytes < PARALLEL_THRESHOLD or source.size < threads:
             np.copyto(dest, source, casting="unsafe")
             return
         with self._lock:
@@ -467,12 +503,11 @@ class NumpySlotPool:
             return
         with self._lock:
             self._closed = True
+            self._reclaim()
             while self._free:
-                slot = self._free.popleft()
-                self._slots -= 1
-                self._bytes -= slot.buffer.nbytes
-            self._cond.notify_all()
+                self._forget(self._free.popleft())
             copier, self._copier = self._copier, None
+        self._wake()
         if copier is not None:
             copier.shutdown(wait=False)  # its threads exit once a running fill's parts finish
 
@@ -482,6 +517,7 @@ class NumpySlotPool:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            self._reclaim()
             return {
                 "slots": self._slots,
                 "slots_free": len(self._free),

@@ -19,8 +19,9 @@ import dataclasses
 import functools
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import jax
 
@@ -32,6 +33,14 @@ from ._native import MAX_QUEUE_CAPACITY
 MAX_SLOTS = 1 << 20
 MAX_COPY_THREADS = 1024
 MAX_POOL_BYTES = (1 << 63) - 1
+
+
+class Dispatcher(Protocol):
+    """Anything with a dispatcher address in ``.target``: a ``fastbridge.service.LocalService``
+    or TensorFlow's ``DispatchServer``."""
+
+    @property
+    def target(self) -> str: ...
 
 
 def _count(default: int | None, low: int, high: int) -> Any:
@@ -61,7 +70,7 @@ class StreamOptions:
     dtypes: DtypePolicy = "canonical"
     state: dict[str, Any] | None = None
     checkpoint: bool = _flag(False)
-    service: str | None = None
+    service: str | Dispatcher | None = None
     shard_by_process: bool = _flag(True)
     progress: bool = _flag(False)
     max_pool_bytes: int | None = _count(None, 1, MAX_POOL_BYTES)
@@ -74,7 +83,7 @@ class StreamOptions:
             value = getattr(self, field.name)
             if "range" in field.metadata:
                 low, high = field.metadata["range"]
-                _check_int(field.name, value, low, high, optional=field.default is None)
+                check_int(field.name, value, low, high, optional=field.default is None)
             elif "flag" in field.metadata and not isinstance(value, bool):
                 raise TypeError(f"{field.name} must be True or False, got {value!r}")
         if self.backend not in BACKENDS:
@@ -94,8 +103,8 @@ class StreamOptions:
             )
         if self.batch_size is not None and not self.pad_last:
             raise ValueError("batch_size= only applies with pad_last=True")
-        if self.service is not None and not isinstance(self.service, str):
-            raise TypeError(f"service must be a dispatcher address string, got {self.service!r}")
+        if self.service is not None:
+            service_target(self.service)
         check_policy(self.dtypes, x64_enabled())
 
     @property
@@ -119,14 +128,62 @@ def x64_enabled() -> bool:
     return bool(jax.config.read("jax_enable_x64"))  # type: ignore[no-untyped-call]
 
 
-def _check_int(name: str, value: Any, low: int, high: int, *, optional: bool) -> None:
+def check_int(
+    name: str,
+    value: Any,
+    low: int,
+    high: int | None = None,
+    *,
+    optional: bool = False,
+    wrong_type: type[Exception] = TypeError,
+) -> None:
+    """Raise unless ``value`` is an int (not a bool) in ``[low, high]`` (``high=None``: no
+    upper bound), or ``None`` when ``optional``; the error names the option. A value that is
+    no int at all raises ``wrong_type``, one out of range ``ValueError``.
+
+    >>> check_int("prefetch", 0, 1, 8)
+    Traceback (most recent call last):
+    ...
+    ValueError: prefetch must be an int from 1 to 8, got 0
+    """
     if value is None and optional:
         return
-    allowed = f"an int from {low} to {high}" + (" or None" if optional else "")
+    allowed = f"an int from {low} to {high}" if high is not None else f"an int >= {low}"
+    allowed += " or None" if optional else ""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be {allowed}, got {value!r}")
-    if not low <= value <= high:
+        raise wrong_type(f"{name} must be {allowed}, got {value!r}")
+    if not (low <= value and (high is None or value <= high)):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+# "grpc://host:port" or "host:port"; host may be a name, an IPv4 address or a bracketed IPv6.
+_SERVICE_RE = re.compile(
+    r"^(?:(?P<protocol>[A-Za-z][A-Za-z0-9+.-]*)://)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$"
+)
+
+
+def service_target(service: Any) -> str:
+    """``service=`` (of ``stream()`` and ``service.distribute()``) as ``"protocol://host:port"``,
+    or an error naming the argument: an address string, or anything with one in ``.target``.
+
+    >>> service_target("localhost:5050")
+    'grpc://localhost:5050'
+    """
+    target = getattr(service, "target", service)  # a LocalService or a DispatchServer
+    if not isinstance(target, str):
+        raise TypeError(
+            "service must be a dispatcher address string such as 'grpc://host:port' or "
+            f"'host:port' (or an object with a .target string), got {service!r}"
+        )
+    match = _SERVICE_RE.match(target.strip())
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise ValueError(
+            "service must be a dispatcher address 'grpc://host:port' or 'host:port' with a "
+            f"port in 1..65535, got {service!r}"
+        )
+    protocol = match["protocol"] or "grpc"
+    return f"{protocol}://{match['host']}:{match['port']}"
 
 
 P = ParamSpec("P")

@@ -7,13 +7,13 @@ real rows and ``False`` for padding (padding rows are zeros).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import jax
 import numpy as np
 
 from ._leaves import host_view, is_opaque, path_name
+from ._tfdata import tf_module
 
 
 def _blank(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -38,7 +38,7 @@ class Padder:
         self._ones: np.ndarray | None = None
 
     def __call__(self, item: Any) -> tuple[Any, Any]:
-        tf = sys.modules.get("tensorflow")
+        tf = tf_module()
         pairs, treedef = jax.tree_util.tree_flatten_with_path(item, is_leaf=is_opaque)
         rows = {path_name(p): _leading(leaf) for p, leaf in pairs}
         sizes = {n for n in rows.values() if n is not None}

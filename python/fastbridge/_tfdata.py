@@ -70,7 +70,7 @@ def keep_tensorflow_off() -> bool:
       []
     """
     # Not installed (or blocked with ``sys.modules["tensorflow"] = None``): import nothing.
-    if sys.modules.get("tensorflow") is None and importlib.util.find_spec("tensorflow") is None:
+    if tf_module() is None and importlib.util.find_spec("tensorflow") is None:
         return False
     import tensorflow as tf
 

@@ -1,11 +1,23 @@
 """The exceptions fastbridge raises.
 
-Every error derives from :class:`FastbridgeError` and from the built-in exception a caller
-would already expect (``TypeError`` for a leaf of the wrong kind, ``MemoryError`` for a pool at
-its cap, ...), so both ``except FastbridgeError`` and ``except TypeError`` work.
+Conditions that are fastbridge's own (a source that failed, a leaf that cannot become a
+``jax.Array``, a pool at its cap, a closed stream, ...) raise a subclass of
+:class:`FastbridgeError`, which also derives from the built-in exception a caller would already
+expect (``TypeError`` for a leaf of the wrong kind, ``MemoryError`` for a pool at its cap, ...),
+so both ``except FastbridgeError`` and ``except TypeError`` work. Every exception class in this
+module is such a subclass, except the warning :class:`FastbridgeWarning`.
+
+Invalid arguments raise the plain ``ValueError`` (a value out of range or in conflict) or
+``TypeError`` (a value of the wrong type), as Python's own functions do, each naming the
+argument; so do misuses of the slot pool's low-level API (a released slot, a bad layout). An
+allocation the operating system refuses is a plain ``MemoryError``, and errors of the libraries
+fastbridge calls (JAX, TensorFlow, NumPy) pass through unchanged, except a source's, which
+arrive as :class:`SourceError` with the original as ``__cause__``.
 
 The Rust core raises these same classes (it imports this module), and so does the pure-NumPy
-fallback, so behaviour does not depend on whether the extension is built.
+fallback, so behaviour does not depend on whether the extension is built. Both take the
+messages of the errors they raise from one table here, :data:`CORE_MESSAGES`, through
+:func:`core_error`.
 
 Two are raised only by the slot pool itself (``fastbridge._core`` and its NumPy twin), for
 code that drives it directly: :class:`SlotTimeoutError` when ``SlotPool.acquire(timeout=...)``
@@ -22,7 +34,8 @@ import warnings
 
 
 class FastbridgeError(Exception):
-    """Base class of every fastbridge error."""
+    """Base class of every exception class fastbridge defines (see the module's docstring
+    for the plain ``ValueError`` and ``TypeError`` it raises for invalid arguments)."""
 
 
 class StreamClosedError(FastbridgeError, RuntimeError):
@@ -123,6 +136,78 @@ class FastbridgeWarning(UserWarning):
     """Something will work, but not as well as a user would assume: e.g. ``checkpoint=True``
     on a pipeline that tf.data cannot restore exactly. Filter it with ``warnings`` like any
     other warning."""
+
+
+CORE_MESSAGES: dict[str, tuple[type[Exception], str]] = {
+    "closed": (StreamClosedError, "the stream was closed"),
+    "slot_timeout": (SlotTimeoutError, "timed out waiting for a free slot"),
+    "pool_exhausted": (
+        PoolExhaustedError,
+        "max_pool_bytes={max_bytes} reached: the pool already holds {held} bytes in slots that "
+        "batches still reference, and the next batch needs {requested} more; release batches "
+        "you keep, or raise max_pool_bytes",
+    ),
+    "allocation_failed": (MemoryError, "could not allocate a {nbytes}-byte slot"),
+    "already_exported": (RuntimeError, "a slot cannot be written after it has been exported"),
+    "released": (ValueError, "the slot was released"),
+    "bad_timeout": (ValueError, "timeout must be a number of seconds >= 0 or None, got {timeout}"),
+    "queue_capacity": (ValueError, "capacity must be between 1 and {limit}, got {capacity}"),
+    "queue_has_pool": (ValueError, "a ready queue feeds one slot pool only"),
+    "at_least_one": (ValueError, "{name} must be >= 1, got {value}"),
+    "unknown_conversion": (ValueError, "unknown conversion code {code}"),
+    "fill_source": (ValueError, "source {source} of {sources}"),
+    "fill_units": (
+        ValueError,
+        "{length} bytes from byte {start} are not whole {unit}-byte elements",
+    ),
+    "fill_overflows": (ValueError, "offset {offset} overflows"),
+    "fills_overlap": (ValueError, "fills {first} and {second} overlap in the slot"),
+    "negative_dimension": (ValueError, "negative dimension in shape {shape}"),
+    "bits_not_bytes": (ValueError, "bits must be a multiple of 8, got {bits}"),
+    "unaligned": (ValueError, "offset {offset} is not {align}-byte aligned"),
+    "export_overflows": (
+        ValueError,
+        "shape {shape} of {bits}-bit items at offset {offset} overflows",
+    ),
+    "export_past_slot": (
+        ValueError,
+        "shape {shape} of {bits}-bit items at offset {offset} exceeds the {capacity}-byte slot",
+    ),
+    "layout_sources": (ValueError, "the layout takes {expected} sources, got {given}"),
+    "layout_too_large": (ValueError, "the layout needs {needed} bytes, the slot has {capacity}"),
+    "not_contiguous": (ValueError, "{buffer} is not C-contiguous"),
+    "past_source": (ValueError, "bytes {start}..{end} of a {size}-byte source"),
+    "item_size": (ValueError, "conversion {conversion} needs 8- or 16-byte items, got {item}"),
+    "partial_items": (
+        ValueError,
+        "conversion {conversion} reads {unit}-byte items, but the source has {size} bytes",
+    ),
+    "dest_read_only": (ValueError, "dest is read-only"),
+    "buffers_overlap": (ValueError, "source and dest overlap in memory"),
+    "dest_too_small": (
+        ValueError,
+        "{written} bytes at offset {offset} do not fit the {capacity}-byte destination",
+    ),
+    "copy_refused": (
+        BufferError,
+        "fastbridge leaves export their slot memory only; copy=True is not supported",
+    ),
+    "wrong_device": (BufferError, "leaf lives on DLPack device {device}, cannot export to {asked}"),
+}
+"""Every error the slot pool raises (the Rust core and its NumPy twin alike), by key: its class
+and its message, a ``str.format`` template."""
+
+
+def core_error(key: str, context: str | None = None, /, **fields: object) -> Exception:
+    """The exception the slot pool raises for ``key`` (:data:`CORE_MESSAGES`), its message
+    filled in from ``fields`` and led by ``context`` (which entry of a list it concerns).
+
+    >>> core_error("fill_source", "fill 2", source=3, sources=1)
+    ValueError('fill 2: source 3 of 1')
+    """
+    kind, template = CORE_MESSAGES[key]
+    message = template.format(**fields)
+    return kind(f"{context}: {message}" if context else message)
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 import socket
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+from ._options import check_int, service_target
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -32,11 +33,6 @@ PROCESSING_MODES: tuple[str, ...] = ("distributed_epoch", "parallel_epochs")
   worker.
 """
 
-# "grpc://host:port" or "host:port"; host may be a name, an IPv4 address or a bracketed IPv6.
-_SERVICE_RE = re.compile(
-    r"^(?:(?P<protocol>[A-Za-z][A-Za-z0-9+.-]*)://)?"
-    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$"
-)
 _OWN_ARGUMENTS = frozenset({"processing_mode", "service", "job_name"})
 
 
@@ -44,24 +40,6 @@ def _tf() -> Any:
     import tensorflow as tf
 
     return tf
-
-
-def _service_target(service: Any) -> str:
-    """Normalize ``service`` to ``"protocol://host:port"`` or raise naming the argument."""
-    target = getattr(service, "target", service)  # a LocalService or a DispatchServer
-    if not isinstance(target, str):
-        raise TypeError(
-            "service must be a dispatcher address string such as 'grpc://host:port' or "
-            f"'host:port' (or an object with a .target string), got {service!r}"
-        )
-    match = _SERVICE_RE.match(target.strip())
-    if match is None or not 0 < int(match["port"]) < 65536:
-        raise ValueError(
-            "service must be a dispatcher address 'grpc://host:port' or 'host:port' with a "
-            f"port in 1..65535, got {service!r}"
-        )
-    protocol = match["protocol"] or "grpc"
-    return f"{protocol}://{match['host']}:{match['port']}"
 
 
 def _processing_mode(processing_mode: Any) -> Any:
@@ -121,7 +99,7 @@ def distribute(
     tf = _tf()
     if not isinstance(ds, tf.data.Dataset):
         raise TypeError(f"ds must be a tf.data.Dataset, got {type(ds).__name__}")
-    target = _service_target(service)
+    target = service_target(service)
     mode = _processing_mode(processing_mode)
     if job_name is not None and (not isinstance(job_name, str) or not job_name):
         raise ValueError(f"job_name must be None or a non-empty string, got {job_name!r}")
@@ -194,8 +172,8 @@ class LocalService:
         fault_tolerant_mode: bool = False,
         work_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+        # Any bad num_workers is a ValueError here, its type included, as it always was.
+        check_int("num_workers", num_workers, 1, wrong_type=ValueError)
         if fault_tolerant_mode and work_dir is None:
             raise ValueError("fault_tolerant_mode=True needs a work_dir for the dispatcher journal")
         self.num_workers = num_workers
