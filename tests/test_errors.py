@@ -403,7 +403,8 @@ def test_a_ragged_leaf_says_ragged_and_how_to_fix_it(backend):
 @pytest.mark.parametrize("kind", ["core", "numpy"])
 def test_huge_or_infinite_timeouts_wait_without_end_and_bad_ones_are_refused(kind):
     from fastbridge import _native
-    from fastbridge._numpy_ring import NumpyQueue, NumpySlotPool
+    from fastbridge._numpy_queue import NumpyQueue
+    from fastbridge._numpy_ring import NumpySlotPool
 
     if kind == "core" and _native.core is None:
         pytest.skip("needs the Rust extension")

@@ -680,7 +680,7 @@ def test_fork_while_the_numpy_ring_lock_is_held_does_not_hang_the_child():
         held = [next(s) for _ in range(3)]
         locked, release = threading.Event(), threading.Event()
         def holder():
-            with internals(s).pool._cond:
+            with internals(s).pool._lock:
                 locked.set()
                 release.wait()
         t = threading.Thread(target=holder)

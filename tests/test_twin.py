@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 from fastbridge import _native, _put
-from fastbridge._numpy_ring import NumpyLayout, NumpyQueue, NumpySlotPool
+from fastbridge._numpy_queue import NumpyQueue
+from fastbridge._numpy_ring import NumpyLayout, NumpySlotPool
 from fastbridge.errors import CORE_MESSAGES, core_error
 
 PAGE = _native.PAGE_SIZE

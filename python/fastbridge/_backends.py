@@ -175,7 +175,8 @@ def make_engine(
     name: BackendName, placement: Placement, flatten: Flattener, options: StreamOptions
 ) -> Engine:
     """The backend ``name`` (already resolved from ``auto`` by :func:`choose`)."""
-    from ._numpy_ring import NumpyLayout, NumpyQueue, NumpySlotPool
+    from ._numpy_queue import NumpyQueue
+    from ._numpy_ring import NumpyLayout, NumpySlotPool
 
     core: Any = _core if name != "numpy" else None  # the NumPy twins when None
     queue: Any = core.ReadyQueue(options.prefetch) if core else NumpyQueue(options.prefetch)

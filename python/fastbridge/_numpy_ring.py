@@ -28,14 +28,12 @@ import numpy as np
 from ._leaves import COPY, I64_TO_I32, U64_TO_U32
 from ._native import (
     DLPACK_TYPE_CODES,
-    FOREVER,
     LEAF_ALIGN,
-    MAX_QUEUE_CAPACITY,
     NARROWINGS,
     PAGE_SIZE,
     PARALLEL_THRESHOLD,
-    SIGNAL_POLL,
 )
+from ._numpy_queue import NumpyQueue, deadline_of
 from .errors import CoreRangeError, core_error
 
 # Conversion code -> the dtype it reads and the narrower dtype it writes.
@@ -47,16 +45,6 @@ _DLPACK_DTYPES = {
     code_bits: np.dtype("uint16" if name == "bfloat16" else name)
     for name, code_bits in DLPACK_TYPE_CODES.items()
 }
-
-
-def _deadline(timeout: float | None) -> float | None:
-    """The monotonic time a wait of ``timeout`` seconds ends (``None``: never), checked as the
-    core checks it."""
-    if timeout is None:
-        return None
-    if not timeout >= 0:  # NaN too
-        raise core_error("bad_timeout", timeout=timeout)
-    return None if timeout >= FOREVER else time.monotonic() + timeout
 
 
 def _aligned_buffer(nbytes: int) -> np.ndarray:
@@ -224,100 +212,6 @@ class NumpySlot:
             self._ring._release(slot)
 
 
-class NumpyQueue:
-    """Pure-Python twin of ``fastbridge._core.ReadyQueue`` (same constructor and methods).
-
-    ``pop_into`` moves an item into the caller's list with no call in between that could
-    raise ``KeyboardInterrupt``: a Ctrl-C either leaves the item queued or finds it in the list.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        if not 1 <= capacity <= MAX_QUEUE_CAPACITY:
-            raise core_error("queue_capacity", limit=MAX_QUEUE_CAPACITY, capacity=capacity)
-        self._capacity = capacity
-        # Enter the RLock, never the Condition: Condition.__enter__ is Python code, and a
-        # KeyboardInterrupt raised in it after the lock was taken would leave it held for ever.
-        # ``with`` on the RLock itself takes it in C, with no point for a signal in between.
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._ready: collections.deque[Any] = collections.deque()
-        self._closed = False
-        self._consumer_waiting = False
-        self._pools: list[NumpySlotPool] = []
-        self._pid = os.getpid()
-
-    def _feed(self, pool: NumpySlotPool) -> None:
-        if self._pools:
-            raise core_error("queue_has_pool")
-        self._pools.append(pool)
-
-    def starving(self) -> bool:
-        """The consumer is blocked and nothing is ready (read without the lock)."""
-        return self._consumer_waiting and not self._ready
-
-    def _wake_pools(self) -> None:
-        for pool in self._pools:
-            pool._wake()
-
-    def publish(self, item: Any) -> bool:
-        with self._lock:
-            while not self._closed and len(self._ready) >= self._capacity:
-                self._cond.wait()
-            if self._closed:
-                return False
-            self._ready.append(item)
-            self._cond.notify_all()
-        self._wake_pools()
-        return True
-
-    def pop_into(self, holder: list[Any], timeout: float | None = None) -> bool:
-        deadline = _deadline(timeout)
-        waiting = False
-        try:
-            with self._lock:
-                while not self._ready:
-                    if self._closed:
-                        raise core_error("closed")
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    if not waiting:
-                        waiting = self._consumer_waiting = True
-                        self._wake_pools()
-                    wait = SIGNAL_POLL if remaining is None else min(SIGNAL_POLL, remaining)
-                    self._cond.wait(wait)  # a KeyboardInterrupt here leaves the item queued
-                # Subscripts and in-place concatenation call no Python-level function, so no
-                # signal handler can run between taking the item and storing it in holder.
-                holder += (self._ready[0],)
-                del self._ready[0]
-                self._cond.notify_all()
-                return True
-        finally:
-            if waiting:
-                self._consumer_waiting = False
-                with self._lock:
-                    self._cond.notify_all()
-
-    def close(self) -> None:
-        if os.getpid() != self._pid:
-            self._closed = True
-            return
-        with self._lock:
-            self._closed = True
-            dropped = list(self._ready)
-            self._ready.clear()
-            self._cond.notify_all()
-        self._wake_pools()
-        del dropped  # outside the lock: dropping batches runs finalizers that take locks
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __len__(self) -> int:
-        return len(self._ready)
-
-
 class NumpySlotPool:
     """Pure-NumPy twin of ``fastbridge._core.SlotPool`` (same constructor and methods)."""
 
@@ -346,9 +240,8 @@ class NumpySlotPool:
         self._max_bytes = max_bytes
         self._queue = queue
         # RLock: close() may run (a stream's finalizer) while this thread holds the lock.
-        # Entered directly (see NumpyQueue); nobody waits on the Condition (tests hold it).
+        # Entered directly (see NumpyQueue), never through a Condition.
         self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
         # Views gone (a _View) and wake-ups (None), put from any thread without a lock; a
         # producer waiting for a slot blocks on it.
         self._returns: SimpleQueue[_View | None] = SimpleQueue()
@@ -372,7 +265,7 @@ class NumpySlotPool:
         self._returns.put(None)
 
     def acquire(self, nbytes: int, timeout: float | None = None) -> NumpySlot:
-        deadline = _deadline(timeout)
+        deadline = deadline_of(timeout)
         while True:
             with self._lock:
                 slot = self._take(nbytes)
