@@ -194,7 +194,10 @@ class IterableSource(Source):
     """Any other iterable of pytrees; Grain-style iterators resume from their own state."""
 
     def shard(self, count: int, index: int) -> Source:
-        return type(self)(EveryNth(self.obj, count, index), whole=self)
+        # Always an IterableSource, for a DictStateSource too: the share is a new object
+        # without state_dict(), whose iterator resumes from its own get_state() when the
+        # source's iterator has one, else by replaying.
+        return IterableSource(EveryNth(self.obj, count, index), whole=self)
 
     def check_state(self, saved: SavedState, limit: int | None) -> None:
         if saved.tf_iterator is not None:
