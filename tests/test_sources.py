@@ -313,3 +313,17 @@ def test_each_process_streams_its_share_of_a_state_dict_source_and_resumes():
     for result in outputs:
         assert result["all"] == want
         assert result["first"] + result["rest"] == want
+
+
+def test_a_share_of_a_one_shot_iterator_still_refuses_to_move():
+    """With several processes each reads a share of the source (``Source.shard``); whether
+    set_state() can move it is asked of the user's iterator, not of the share's wrapper,
+    which is re-iterable and would replay from wherever the iterator has got to."""
+    import jax
+    from fastbridge._options import StreamOptions
+    from fastbridge._sources import make_source
+
+    one_shot = iter([np.zeros(2, np.float32)] * 4)
+    share = make_source(one_shot, StreamOptions(), jax.devices()[0]).shard(2, 0)
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        share.check_rewind()

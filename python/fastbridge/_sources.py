@@ -209,8 +209,10 @@ class IterableSource(Source):
 
     def check_rewind(self) -> None:
         # An iterator is its own one pass (asked without calling iter(), which for a Grain
-        # dataset would open an iterator, workers and all, only to throw it away).
-        if isinstance(self.obj, Iterator) and not isinstance(self.obj, Checkpointable):
+        # dataset would open an iterator, workers and all, only to throw it away). Asked of
+        # the user's object, not of this process's share of it.
+        obj = self._whole.obj
+        if isinstance(obj, Iterator) and not isinstance(obj, Checkpointable):
             raise ValueError(
                 "set_state() cannot move this source: it is a one-shot iterator (iter() "
                 "returns itself) without get_state()/set_state(), so the batches before "
@@ -295,8 +297,7 @@ def check_source(obj: Any) -> None:
 
 def make_source(obj: Any, options: StreamOptions, device: jax.Device) -> Source:
     """The :class:`Source` for the user's ``obj``, checked against ``options`` (and, for
-    ``service=``, the dataset the service's workers run)."""
-    check_source(obj)
+    ``service=``, the dataset the service's workers run). Call ``check_source(obj)`` first."""
     if not is_dataset(obj):
         if options.checkpoint:
             raise ValueError(

@@ -30,7 +30,7 @@ from ._placement import Placement
 from ._position import BATCH, END
 from ._progress import ProgressBar, StreamStats, summary
 from ._put import release_host_arrays
-from ._sources import make_source
+from ._sources import check_source, make_source
 from ._state import STATE_VERSION, SavedState, Unsaveable
 from ._state import parse as parse_state
 from .errors import StateTimeoutError, StreamClosedError
@@ -71,6 +71,7 @@ class Stream(Iterator[T], Generic[T]):
         if not isinstance(options, StreamOptions):
             raise TypeError(f"options must be a StreamOptions, got {type(options).__name__}")
         self._options = options
+        check_source(source)  # before the device: a wrong source is the first thing to say
         self._device = _resolve_device(options)
         self._source = make_source(source, options, self._device)
         self._backend_name = choose(options.backend, self._device, self._source.facts)
