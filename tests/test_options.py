@@ -250,7 +250,7 @@ def test_service_follows_one_rule_for_stream_and_distribute():
 
 
 def test_one_integer_check_names_the_option():
-    from fastbridge._options import check_int
+    from fastbridge._checks import check_int
 
     check_int("n", 3, 1)
     check_int("n", None, 1, 8, optional=True)

@@ -26,6 +26,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 import jax
 
 from ._backends import BACKENDS, BackendName
+from ._checks import check_int
 from ._leaves import DtypePolicy, check_policy
 from ._native import MAX_QUEUE_CAPACITY
 
@@ -128,35 +129,6 @@ def x64_enabled() -> bool:
     return bool(jax.config.read("jax_enable_x64"))  # type: ignore[no-untyped-call]
 
 
-def check_int(
-    name: str,
-    value: Any,
-    low: int,
-    high: int | None = None,
-    *,
-    optional: bool = False,
-    wrong_type: type[Exception] = TypeError,
-) -> None:
-    """Raise unless ``value`` is an int (not a bool) in ``[low, high]`` (``high=None``: no
-    upper bound), or ``None`` when ``optional``; the error names the option. A value that is
-    no int at all raises ``wrong_type``, one out of range ``ValueError``.
-
-    >>> check_int("prefetch", 0, 1, 8)
-    Traceback (most recent call last):
-    ...
-    ValueError: prefetch must be an int from 1 to 8, got 0
-    """
-    if value is None and optional:
-        return
-    allowed = f"an int from {low} to {high}" if high is not None else f"an int >= {low}"
-    allowed += " or None" if optional else ""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise wrong_type(f"{name} must be {allowed}, got {value!r}")
-    if not (low <= value and (high is None or value <= high)):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-# "grpc://host:port" or "host:port"; host may be a name, an IPv4 address or a bracketed IPv6.
 _SERVICE_RE = re.compile(
     r"^(?:(?P<protocol>[A-Za-z][A-Za-z0-9+.-]*)://)?"
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})$"

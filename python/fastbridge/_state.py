@@ -40,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._checks import check_int
 from ._leaves import host_view
 from ._npy import (
     dtype_named,
@@ -103,8 +104,7 @@ def _int_field(state: dict[str, Any], name: str, minimum: int, default: Any) -> 
     value = state.get(name, default)
     if value is default:
         return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"state[{name!r}] must be an int >= {minimum}, got {value!r}")
+    check_int(f"state[{name!r}]", value, minimum, wrong_type=ValueError)  # from a file
     return value
 
 

@@ -18,7 +18,8 @@ import socket
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._options import check_int, service_target
+from ._checks import check_int
+from ._options import service_target
 
 if TYPE_CHECKING:
     import tensorflow as tf
