@@ -25,7 +25,9 @@ pub(crate) fn wait<T: Send>(
     loop {
         py.check_signals()?;
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Some(value) = py.detach(|| step(left.min(SIGNAL_POLL))) {
+        #[allow(clippy::disallowed_methods)] // this module is where the GIL is released
+        let found = py.detach(|| step(left.min(SIGNAL_POLL)));
+        if let Some(value) = found {
             return Ok(Some(value));
         }
         if left.is_zero() {
@@ -53,6 +55,7 @@ pub(crate) fn wait_held_first<T: Send>(
 
 /// Run bounded work (a copy that waits on nothing) with the GIL released, in one go: it cannot
 /// hang, and a signal that arrives meanwhile is raised by the interpreter as soon as it returns.
+#[allow(clippy::disallowed_methods)] // this module is where the GIL is released
 pub(crate) fn run<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> T {
     py.detach(work)
 }
