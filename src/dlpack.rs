@@ -14,7 +14,7 @@ use crate::sync::Arc;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_void, CStr};
 use std::ptr::NonNull;
 
 pub const DEVICE_CPU: i32 = 1;
@@ -272,16 +272,6 @@ fn capsule_of<'py, M: ManagedTensor>(
         // SAFETY: no capsule was made, so the holder is still only ours; it is freed once.
         drop(unsafe { Box::from_raw(holder.as_ptr()) })
     })
-}
-
-/// Name of a capsule, for tests that check what consumers see.
-pub fn capsule_name(capsule: &Bound<'_, PyCapsule>) -> Option<String> {
-    // SAFETY: `capsule` is a live capsule and we hold the GIL; the returned name pointer is
-    // owned by the capsule and copied before we return.
-    unsafe {
-        let name: *const c_char = ffi::PyCapsule_GetName(capsule.as_ptr());
-        (!name.is_null()).then(|| CStr::from_ptr(name).to_string_lossy().into_owned())
-    }
 }
 
 #[cfg(test)]

@@ -45,7 +45,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ring::Slot>()?;
     m.add_class::<ring::Leaf>()?;
     m.add_class::<layout::Layout>()?;
-    m.add_function(wrap_pyfunction!(ring::capsule_name, m)?)?;
     m.add_function(wrap_pyfunction!(ring::cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(convert::copy_into, m)?)?;
     m.add("PAGE_SIZE", memory::PAGE)?;

@@ -440,12 +440,6 @@ impl Leaf {
     }
 }
 
-/// Name a capsule carries (consumers rename `dltensor` to `used_dltensor` when they take it).
-#[pyfunction]
-pub fn capsule_name(capsule: &Bound<'_, PyCapsule>) -> Option<String> {
-    dlpack::capsule_name(capsule)
-}
-
 /// Whether a CUDA driver could be loaded and a device opened in this process.
 #[pyfunction]
 pub fn cuda_available() -> bool {

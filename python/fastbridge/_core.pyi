@@ -19,7 +19,6 @@ __all__ = [
     "ReadyQueue",
     "Slot",
     "SlotPool",
-    "capsule_name",
     "copy_into",
     "__version__",
     "cuda_available",
@@ -130,7 +129,6 @@ class Leaf:
     @property
     def shape(self) -> list[int]: ...
 
-def capsule_name(capsule: CapsuleType) -> str | None: ...
 def cuda_available() -> bool: ...
 def copy_into(
     dest: Any, offset: int, source: Any, conversion: int = 0, threads: int = 2
