@@ -2,6 +2,7 @@
 # fresh clone of a machine that has Python 3.11+ and a Rust toolchain.
 #   make bench   set up, build and install the wheel, run the copy-versus-zero-copy benchmark
 #   make test    set up, build and install the wheel, run every check and test
+#   make check   the inner loop: lint and the tests not marked slow, against the built wheel
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,9 +12,18 @@ PYTHON_NEWEST ?= PYENV_VERSION=3.12.1 python3.12
 VENV_NEWEST ?= .venv-newest
 PY_NEWEST := $(VENV_NEWEST)/bin/python
 BENCH_ARGS ?=
+# The Python suites run on pytest-xdist workers, one per core and at most 4 (each imports
+# TensorFlow and JAX). TEST_WORKERS=0 runs in one process; PYTEST_ARGS adds options (-x, -k).
+# (--dist loadgroup would keep a module's costly fixture on one worker, but xdist 3.8 cannot
+# group under pytest 9.2: it renames a node id pytest no longer reads.)
+TEST_WORKERS ?= auto
+PYTEST_ARGS ?=
+PYTEST_RUN = -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml \
+	-n $(TEST_WORKERS) --maxprocesses=4 $(PYTEST_ARGS)
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: help setup setup-newest wheel bench test test-rust lint test-python test-newest soak clean
+.PHONY: help setup setup-newest wheel bench test check test-rust lint test-python test-newest \
+	soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ -/'
@@ -60,8 +70,7 @@ lint: setup  ## ruff, mypy --strict (pyproject.toml), and the type stubs checked
 	cd /tmp && $(abspath $(PY)) -m mypy.stubtest fastbridge._core
 
 test-python: wheel  ## pytest against the installed wheel (not the source tree)
-	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY)) -m pytest -q -p no:cacheprovider \
-		--rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml $(CURDIR)/tests
+	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY)) $(PYTEST_RUN) $(CURDIR)/tests
 
 test-newest: wheel  ## pytest against the same wheel on the newest stack (Python 3.12)
 	@if ! $(PYTHON_NEWEST) --version >/dev/null 2>&1; then \
@@ -71,10 +80,13 @@ test-newest: wheel  ## pytest against the same wheel on the newest stack (Python
 	set -e; \
 	$(MAKE) --no-print-directory setup-newest; \
 	$(PY_NEWEST) -m pip install --quiet --force-reinstall --no-deps dist/fastbridge-*.whl; \
-	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY_NEWEST)) -m pytest -q -p no:cacheprovider \
-		--rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml $(CURDIR)/tests
+	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY_NEWEST)) $(PYTEST_RUN) $(CURDIR)/tests
 
 test: test-rust wheel lint test-python test-newest  ## everything CI runs
+
+check: wheel lint  ## the inner loop: lint and the tests not marked slow (make test runs them all)
+	cd tests && FASTBRIDGE_EXPECT_INSTALLED=1 $(abspath $(PY)) $(PYTEST_RUN) -m "not slow" \
+		$(CURDIR)/tests
 
 clean:  ## remove build outputs and the virtual environment
 	rm -rf target dist $(VENV) $(VENV_NEWEST) bench-results
