@@ -403,6 +403,7 @@ def _machine(kind: str):
     return machine.TestCase
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # a hang is a failure too (the code before the fix hung here)
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_batch_exactly_once(kind):

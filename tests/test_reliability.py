@@ -654,6 +654,7 @@ FORK_STRESS_BODY = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ring", "numpy"])
 def test_fork_children_exiting_normally_never_hang(backend):
     """Fork 30 times while the producer works; every child exits normally (running the

@@ -140,6 +140,7 @@ def pipeline():
     return ds.map(lambda i: {"v": tf.fill([3], i * 3)}).batch(2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ring", "numpy", "direct", "copy"])
 @pytest.mark.parametrize("kind", ["tf", "iterable"])
 def test_state_resumes_exactly_in_a_new_process(backend, kind, tmp_path):
@@ -227,6 +228,7 @@ def unseeded_pipeline():
     return ds.batch(3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ring", "direct", "copy"])
 def test_checkpoint_restores_the_tf_iterator_exactly(backend):
     """checkpoint=True saves tf.data's own iterator state (shuffle buffer included) and the
