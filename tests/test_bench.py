@@ -372,6 +372,7 @@ def _check_schema(result):
     assert any(w.startswith("sharded f32 64 KiB, vs route ") for w in peer_targets)
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
     out = tmp_path / "results"

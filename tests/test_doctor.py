@@ -74,6 +74,7 @@ def test_the_cli_diagnoses_each_kind_of_source(tmp_path, factory, kind, routes, 
     assert reps == sorted(set(reps))
 
 
+@pytest.mark.serial
 def test_a_slow_source_is_named_with_the_tf_data_knobs_that_apply():
     pytest.importorskip("tensorflow")  # imported here: its seconds are not the test's budget
     d = diagnose("doctor_factories:slow_tf_pipeline", budget=3.0, progress=False)
@@ -103,6 +104,7 @@ def test_tf_data_knobs_follow_the_graph_and_options():
     assert "options.deterministic" not in text and "fixed num_parallel_calls (2)" in text
 
 
+@pytest.mark.serial
 def test_a_slow_step_is_named_and_hidden_input_needs_no_knobs():
     d = diagnose("doctor_factories:generator", "doctor_factories:slow_step", budget=4.0,
                  progress=False)  # fmt: skip
