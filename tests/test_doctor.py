@@ -27,6 +27,7 @@ def cli(*args: str, budget: float) -> subprocess.CompletedProcess[str]:
 # The budget counts from the start of diagnose(): importing TensorFlow is in it, which takes
 # seconds, and ten on a loaded 2-core machine. At most --rounds (5) rounds run, so on an idle
 # machine these runs end long before their budget.
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("factory", "kind", "routes", "budget"),
