@@ -45,6 +45,20 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
     return condition()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def frozen_heap():
+    """Full collections skip what is alive when a test module starts: the tests' own garbage
+    is still collected, but not re-scanned with TensorFlow's and JAX's half a million objects.
+
+    Freezing changes no test's outcome (objects freed by reference counting are freed as
+    before) and turns each of the suite's thousands of ``gc.collect()`` calls from a third of
+    a second (several seconds late in a session) into microseconds.
+    """
+    gc.collect()  # what earlier modules dropped goes now, never into the frozen generation
+    gc.freeze()
+    yield
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_producers():
     """Every test must leave no producer thread behind once its streams are gone."""

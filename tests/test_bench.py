@@ -116,6 +116,7 @@ def test_a_missing_peer_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
         cli.main([*argv[:5], "grain", *argv[6:]])
 
 
+@pytest.mark.slow
 def test_the_sharded_scenario_runs_in_its_own_process(tmp_path):
     # Without forced devices in the environment, the bench starts a subprocess with 8.
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -371,6 +372,8 @@ def _check_schema(result):
     assert any(w.startswith("sharded f32 64 KiB, vs route ") for w in peer_targets)
 
 
+@pytest.mark.serial
+@pytest.mark.slow
 def test_tiny_run_writes_json_summary_and_plots(tmp_path, capsys):
     out = tmp_path / "results"
     argv = [
@@ -477,6 +480,7 @@ def test_leaves_routes_read_a_list_of_numpy_dicts():
     assert [b["leaf00"].shape for b in batches] == [(16, 64)] * 4
 
 
+@pytest.mark.slow
 def test_leaves_and_shapes_run_at_tiny_sizes(tmp_path, capsys):
     argv = [
         "--out", str(tmp_path), "--scenarios", "leaves,shapes", "--repeats", "2",

@@ -27,6 +27,8 @@ def cli(*args: str, budget: float) -> subprocess.CompletedProcess[str]:
 # The budget counts from the start of diagnose(): importing TensorFlow is in it, which takes
 # seconds, and ten on a loaded 2-core machine. At most --rounds (5) rounds run, so on an idle
 # machine these runs end long before their budget.
+@pytest.mark.serial
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("factory", "kind", "routes", "budget"),
     [
@@ -73,6 +75,7 @@ def test_the_cli_diagnoses_each_kind_of_source(tmp_path, factory, kind, routes, 
     assert reps == sorted(set(reps))
 
 
+@pytest.mark.serial
 def test_a_slow_source_is_named_with_the_tf_data_knobs_that_apply():
     pytest.importorskip("tensorflow")  # imported here: its seconds are not the test's budget
     d = diagnose("doctor_factories:slow_tf_pipeline", budget=3.0, progress=False)
@@ -102,6 +105,7 @@ def test_tf_data_knobs_follow_the_graph_and_options():
     assert "options.deterministic" not in text and "fixed num_parallel_calls (2)" in text
 
 
+@pytest.mark.serial
 def test_a_slow_step_is_named_and_hidden_input_needs_no_knobs():
     d = diagnose("doctor_factories:generator", "doctor_factories:slow_step", budget=4.0,
                  progress=False)  # fmt: skip

@@ -404,6 +404,7 @@ def _machine(kind: str):
     return machine.TestCase
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # a hang is a failure too (the code before the fix hung here)
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_batch_exactly_once(kind):
@@ -412,6 +413,7 @@ def test_every_batch_exactly_once(kind):
     case("runTest").runTest()
 
 
+@pytest.mark.serial
 def test_the_model_catches_a_lost_batch(monkeypatch):
     """Negative control: a stream that silently drops one batch on resume must fail the
     model, or the model proves nothing."""
@@ -692,7 +694,7 @@ def test_max_pool_bytes_reclaims_free_slots_before_refusing(backend):
 
 
 def test_exit_with_many_streams_stuck_in_their_source_is_quick():
-    """Each stream waited up to a second for its stuck producer at exit: 20 streams, 21 s."""
+    """Each stream waited up to a second for its stuck producer at exit: 80 streams, 81 s."""
     script = """
 import threading, numpy as np
 from fastbridge import stream
@@ -700,16 +702,15 @@ stuck = threading.Event()
 def source():
     yield np.zeros(2)
     stuck.wait()
-streams = [stream(source(), backend=b) for b in ["ring", "numpy", "direct", "copy"] * 5]
+streams = [stream(source(), backend=b) for b in ["ring", "numpy", "direct", "copy"] * 20]
 for s in streams:
     next(s)
 print("ready", flush=True)
 """
-    started = time.monotonic()
+    # One bounded wait for all of them (about a second) exits; one wait per stream (80 s)
+    # outlasts the timeout, as a hang would. The timeout tells a hang from a loaded machine.
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ready" in out.stdout, out.stderr[-2000:]
-    # One bounded wait for all of them (about a second), not one per stream (20 s).
-    assert time.monotonic() - started < 15, "exit waited for each stuck stream in turn"
 
 
 @pytest.mark.parametrize("batches", [2**31, 2**32 + 3, 2**40])

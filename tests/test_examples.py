@@ -75,6 +75,7 @@ def saved_items(ckpt: Path, step: int) -> dict[str, object]:
     return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["tf", "grain"])
 def test_preempted_training_resumes_bit_for_bit(source, env, tmp_path):
     pytest.importorskip("tensorflow" if source == "tf" else "grain")

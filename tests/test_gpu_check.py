@@ -52,6 +52,7 @@ def bad_counts(report: dict) -> tuple[int, int, int, int]:
     return (report["corrupted"], report["lost"], report["repeated"], report["out_of_order"])
 
 
+@pytest.mark.slow
 def test_dry_run_measures_every_method_and_passes_correctness(tmp_path):
     # --routes device_put: one route subprocess, so that path runs too.
     done, result = run_check(

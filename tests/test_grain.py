@@ -48,6 +48,7 @@ def run(*args: str) -> list:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_mp_prefetch_resumes_exactly_in_a_new_process(tmp_path):
     full = run("full")
     saved = tmp_path / "stream_state.json"

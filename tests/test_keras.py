@@ -50,6 +50,7 @@ def weight_gap(a, b):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["auto", "ring", "numpy", "direct"])
 def test_fit_evaluate_predict_equal_the_tf_data_pipeline(backend):
     ds = pipeline()
@@ -72,6 +73,7 @@ def test_fit_evaluate_predict_equal_the_tf_data_pipeline(backend):
     assert predicted.shape == (ROWS, 1)
 
 
+@pytest.mark.slow
 def test_pad_last_trains_exactly_as_unpadded_with_a_sample_weighted_mean():
     ds = pipeline()
     reference = model("mean_with_sample_weight")

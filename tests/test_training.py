@@ -128,10 +128,11 @@ _RESUME = textwrap.dedent(
 from fastbridge._testing import recorded_slots
     sys.path.insert(0, {testdir!r})
     from test_training import CountingSource, pipeline
-    state = json.loads(sys.argv[1])
-    source = pipeline() if state.pop("kind") == "tf" else CountingSource(40)
-    with stream(source, backend={backend!r}, prefetch=3, state=state) as s:
-        print(json.dumps([np.asarray(b["v"]).tolist() for b in s]))
+    for saved in sys.argv[1:]:  # one state per cut, each resumed by a stream of its own
+        state = json.loads(saved)
+        source = pipeline() if state.pop("kind") == "tf" else CountingSource(40)
+        with stream(source, backend={backend!r}, prefetch=3, state=state) as s:
+            print(json.dumps([np.asarray(b["v"]).tolist() for b in s]))
     """
 )
 
@@ -141,6 +142,7 @@ def pipeline():
     return ds.map(lambda i: {"v": tf.fill([3], i * 3)}).batch(2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ring", "numpy", "direct", "copy"])
 @pytest.mark.parametrize("kind", ["tf", "iterable"])
 def test_state_resumes_exactly_in_a_new_process(backend, kind, tmp_path):
@@ -148,18 +150,22 @@ def test_state_resumes_exactly_in_a_new_process(backend, kind, tmp_path):
     with stream(make(), backend=backend, prefetch=3) as s:
         full = [np.asarray(b["v"]).tolist() for b in s]
     rng = np.random.default_rng(len(backend) + len(kind))
-    for cut in sorted(rng.choice(np.arange(1, len(full) - 1), 2, replace=False)):
+    cuts = sorted(rng.choice(np.arange(1, len(full) - 1), 2, replace=False))
+    befores, saved = [], []
+    for cut in cuts:
         with stream(make(), backend=backend, prefetch=3) as s:
-            before = [np.asarray(next(s)["v"]).tolist() for _ in range(cut)]
+            befores.append([np.asarray(next(s)["v"]).tolist() for _ in range(cut)])
             state = s.state()  # the producer has prefetched beyond `cut` by now
-        saved = json.dumps({**state, "kind": kind})
-        script = _RESUME.format(testdir=str(__import__("pathlib").Path(__file__).parent),
-                                backend=backend)  # fmt: skip
-        out = subprocess.run(
-            [sys.executable, "-c", script, saved], capture_output=True, text=True, timeout=120
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        after = json.loads(out.stdout.strip().splitlines()[-1])
+        saved.append(json.dumps({**state, "kind": kind}))
+    script = _RESUME.format(testdir=str(__import__("pathlib").Path(__file__).parent),
+                            backend=backend)  # fmt: skip
+    # One new process resumes every state (importing TensorFlow and JAX once, not per cut).
+    out = subprocess.run(
+        [sys.executable, "-c", script, *saved], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    afters = [json.loads(line) for line in out.stdout.strip().splitlines()[-len(cuts) :]]
+    for cut, before, after in zip(cuts, befores, afters, strict=True):
         assert before + after == full, f"cut at {cut}"
 
 
@@ -225,6 +231,7 @@ def unseeded_pipeline():
     return ds.batch(3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ring", "direct", "copy"])
 def test_checkpoint_restores_the_tf_iterator_exactly(backend):
     """checkpoint=True saves tf.data's own iterator state (shuffle buffer included) and the
