@@ -93,8 +93,8 @@ suite-newest:  # test-newest without building the wheel first
 	$(PY_NEWEST) -m pip install --quiet --force-reinstall --no-deps dist/fastbridge-*.whl; \
 	$(call suite,$(abspath $(PY_NEWEST)))
 
-# The two stacks' suites run side by side: on two loaded cores that took 12 minutes for both,
-# where the 3.11 suite alone took 12 to 16 (each suite waits on its subprocesses much of the time).
+# The two stacks' suites run side by side: on two cores loaded by other jobs both took 12-13
+# minutes together, the 3.11 suite alone 16 (each waits on its subprocesses much of the time).
 test: test-rust wheel lint  ## everything CI runs
 	@$(MAKE) --no-print-directory -j2 --output-sync=target suite-python suite-newest
 

@@ -413,7 +413,6 @@ def test_every_batch_exactly_once(kind):
     case("runTest").runTest()
 
 
-@pytest.mark.serial
 def test_the_model_catches_a_lost_batch(monkeypatch):
     """Negative control: a stream that silently drops one batch on resume must fail the
     model, or the model proves nothing."""
