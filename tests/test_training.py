@@ -125,7 +125,6 @@ _RESUME = textwrap.dedent(
     import json, sys
     import numpy as np, tensorflow as tf
     from fastbridge import stream
-from fastbridge._testing import recorded_slots
     sys.path.insert(0, {testdir!r})
     from test_training import CountingSource, pipeline
     for saved in sys.argv[1:]:  # one state per cut, each resumed by a stream of its own
@@ -215,7 +214,6 @@ _RESUME_CHECKPOINT = textwrap.dedent(
     import json, sys
     import numpy as np
     from fastbridge import stream
-from fastbridge._testing import recorded_slots
     sys.path.insert(0, {testdir!r})
     from test_training import unseeded_pipeline
     state = json.loads(sys.stdin.read())
