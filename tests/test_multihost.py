@@ -103,11 +103,17 @@ def _expected(pad: bool) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def results():
+    return run_two_processes(WORKER)
+
+
+def run_two_processes(worker: str, *args: str) -> list:
+    """Run ``worker`` as JAX processes 0 and 1 (argv: process, port, ``args``) and return the
+    JSON each printed on its ``RESULT`` line."""
     port = str(_free_port())
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(p), port],
+            [sys.executable, "-c", worker, str(p), port, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -282,32 +279,10 @@ WORKER = textwrap.dedent(
 
 
 def test_each_process_streams_its_share_of_a_state_dict_source_and_resumes():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    from test_multihost import run_two_processes
+
     here = os.path.dirname(os.path.abspath(__file__))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(p), port, here],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for p in range(2)
-    ]
-    outputs = []
-    for proc in procs:
-        try:
-            stdout, stderr = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            pytest.fail("a process hung")
-        assert proc.returncode == 0, stderr[-3000:]
-        line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
-        outputs.append(json.loads(line[len("RESULT ") :]))
+    outputs = run_two_processes(WORKER, here)
     local = [list(range(2 * b, 2 * b + 2)) for b in range(7)]
     want = [local[2 * k] + local[2 * k + 1] for k in range(3)]
     for result in outputs:
